@@ -1,0 +1,95 @@
+"""The signal front end shared by training, prediction and streaming.
+
+Everything the model sees goes through here: audio is read as float32 in
+[-1, 1], mixed down to mono, and resampled to 8 kHz with soxr (the same
+resampler, at the same quality, offline and streaming). The model itself
+takes the raw 8 kHz window; its log-mel features live inside the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from kwspot.errors import KwspotError
+
+SAMPLE_RATE = 8000
+WINDOW_SAMPLES = SAMPLE_RATE  # one second
+RESAMPLE_QUALITY = "HQ"
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """Average the channels of a (frames, channels) array into float32 mono."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        return audio
+    return audio.mean(axis=1, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Resample mono float32 audio from ``rate`` to 8 kHz in one go."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if rate == SAMPLE_RATE or audio.size == 0:
+        return audio
+    return soxr.resample(audio, rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY).astype(np.float32)
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a WAV/FLAC file as float32 mono at its own rate."""
+    path = Path(path)
+    if not path.is_file():
+        raise KwspotError(f"{path}: no such audio file")
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+        detail = str(exc).split("\n")[0]
+        raise KwspotError(f"{path}: not a readable audio file ({detail})") from None
+    if audio.shape[0] == 0:
+        raise KwspotError(f"{path}: audio file holds no samples")
+    return to_mono(audio), int(rate)
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """Read an audio file and return it as float32 mono at 8 kHz."""
+    audio, rate = read_audio(path)
+    return resample(audio, rate)
+
+
+def fit_window(audio: np.ndarray, length: int = WINDOW_SAMPLES) -> np.ndarray:
+    """Pad a short clip (centred) or cut the loudest ``length`` samples of a long one."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.size == length:
+        return audio
+    if audio.size < length:
+        before = (length - audio.size) // 2
+        return np.pad(audio, (before, length - audio.size - before))
+    energy = np.concatenate(([0.0], np.cumsum(audio.astype(np.float64) ** 2)))
+    window_energy = energy[length:] - energy[:-length]
+    start = int(np.argmax(window_energy))
+    return audio[start : start + length]
+
+
+class StreamResampler:
+    """Resample a live stream block by block to 8 kHz, keeping soxr's state.
+
+    Fed the blocks of a signal in order, it yields the same samples that
+    :func:`resample` gives for the whole signal at once.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = int(rate)
+        self._stream = (
+            None
+            if self.rate == SAMPLE_RATE
+            else soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+        )
+
+    def process(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        """Resample one mono float32 block; ``last`` flushes what soxr holds back."""
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if self._stream is None:
+            return block
+        return self._stream.resample_chunk(block, last=last)

@@ -1,0 +1,103 @@
+"""The model runtime: a LiteRT model and its sidecar; numpy in, probabilities out.
+
+A model is two files: ``NAME.tflite`` and ``NAME.json``. The sidecar holds
+the class labels and the front-end settings the model was trained with::
+
+    {"labels": ["_silence_", "_unknown_", "yes", ...],
+     "sample_rate": 8000, "window_samples": 8000,
+     "thresholds": {"yes": 0.8, ...}}      # optional, per keyword
+
+The model takes a float32 batch of raw 8 kHz windows in [-1, 1] of shape
+(1, window_samples) and returns one probability per label. No audio I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kwspot.errors import KwspotError
+from kwspot.frontend import SAMPLE_RATE
+
+BUNDLED_MODEL_NAME = "kwspot.tflite"
+
+
+def bundled_model_path() -> Path:
+    """The model shipped with the package (``models/`` in the source tree)."""
+    return Path(str(resources.files("kwspot.models").joinpath(BUNDLED_MODEL_NAME)))
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """Where the labels and front-end settings of a model live."""
+    return Path(model_path).with_suffix(".json")
+
+
+def load_sidecar(model_path: str | Path) -> dict[str, Any]:
+    """Read and check a model's sidecar JSON."""
+    path = sidecar_path(model_path)
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KwspotError(f"{path}: model sidecar missing (labels and front-end settings)") from None
+    except (OSError, ValueError) as exc:
+        raise KwspotError(f"{path}: unreadable model sidecar ({exc})") from None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise KwspotError(f"{path}: sidecar has no list of 'labels'")
+    if meta.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
+        raise KwspotError(f"{path}: model expects {meta['sample_rate']} Hz, kwspot works at {SAMPLE_RATE} Hz")
+    return meta
+
+
+class Model:
+    """A keyword model: ``predict(window) -> probabilities`` over ``labels``."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise KwspotError(f"{self.path}: no such model file")
+        self.meta = load_sidecar(self.path)
+        self.labels: list[str] = list(self.meta["labels"])
+        try:
+            self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            detail = str(exc).strip().split("\n")[0]
+            raise KwspotError(f"{self.path}: not a valid LiteRT model ({detail})") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise KwspotError(f"{self.path}: model must have one input and one output")
+        self._input = inputs[0]
+        self._output = outputs[0]
+        shape = tuple(int(d) for d in self._input["shape"])
+        if len(shape) != 2 or shape[0] != 1:
+            raise KwspotError(f"{self.path}: model input shape {shape}, expected (1, samples)")
+        self.window_samples = shape[1]
+        if self.window_samples != int(self.meta.get("window_samples", self.window_samples)):
+            raise KwspotError(f"{self.path}: input has {shape[1]} samples, sidecar says {self.meta['window_samples']}")
+        out_shape = tuple(int(d) for d in self._output["shape"])
+        if out_shape[-1] != len(self.labels):
+            raise KwspotError(f"{self.path}: model gives {out_shape[-1]} scores for {len(self.labels)} labels")
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Per-keyword thresholds stored with the model (may be empty)."""
+        return {str(k): float(v) for k, v in self.meta.get("thresholds", {}).items()}
+
+    def predict(self, window: np.ndarray) -> np.ndarray:
+        """Probabilities for one raw 8 kHz window of ``window_samples`` floats."""
+        window = np.asarray(window, dtype=np.float32).reshape(1, self.window_samples)
+        self._interpreter.set_tensor(self._input["index"], window)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output["index"])[0].astype(np.float32)
+
+    def predict_many(self, windows: np.ndarray) -> np.ndarray:
+        """Probabilities for a (n, window_samples) array, one row per window."""
+        return np.stack([self.predict(w) for w in np.asarray(windows)]) if len(windows) else np.zeros((0, len(self.labels)), np.float32)

@@ -26,7 +26,12 @@ class Event:
     time: str = field(default_factory=utc_now_iso)
 
     def to_dict(self) -> dict[str, object]:
-        return {"keyword": self.keyword, "score": round(float(self.score), 4), "t": round(float(self.t), 3), "time": self.time}
+        return {
+            "keyword": self.keyword,
+            "score": round(float(self.score), 4),
+            "t": round(float(self.t), 3),
+            "time": self.time,
+        }
 
     def to_json(self) -> str:
         """One line of JSON, without the newline."""

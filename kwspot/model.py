@@ -100,4 +100,6 @@ class Model:
 
     def predict_many(self, windows: np.ndarray) -> np.ndarray:
         """Probabilities for a (n, window_samples) array, one row per window."""
-        return np.stack([self.predict(w) for w in np.asarray(windows)]) if len(windows) else np.zeros((0, len(self.labels)), np.float32)
+        if not len(windows):
+            return np.zeros((0, len(self.labels)), np.float32)
+        return np.stack([self.predict(w) for w in np.asarray(windows)])

@@ -66,7 +66,9 @@ class Pipeline:
         return Event(detection.keyword, detection.score, detection.t)
 
 
-def stream_probabilities(model: Model, audio: np.ndarray, hop_s: float = DEFAULT_HOP_S) -> tuple[np.ndarray, np.ndarray]:
+def stream_probabilities(
+    model: Model, audio: np.ndarray, hop_s: float = DEFAULT_HOP_S
+) -> tuple[np.ndarray, np.ndarray]:
     """Run the model over a whole 8 kHz signal as the stream would see it.
 
     Returns (t, probs): the end time of each window in seconds, and one row

@@ -1,0 +1,7 @@
+"""``python -m kwspot``."""
+
+import sys
+
+from kwspot.cli import main
+
+sys.exit(main())

@@ -1,0 +1,81 @@
+"""Finding input devices through sounddevice (PortAudio), with clear errors."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from kwspot.errors import KwspotError
+
+NO_DEVICE_HELP = (
+    "no audio input device found: plug in a microphone (or start your sound server), "
+    "pick one with --device (see `kwspot devices`), or read audio with --input FILE"
+)
+
+
+def import_sounddevice() -> ModuleType:
+    """Import sounddevice, turning a missing PortAudio into a one-line error."""
+    try:
+        import sounddevice
+    except OSError:
+        raise KwspotError(
+            "the PortAudio library is missing: install it (Debian: sudo apt-get install libportaudio2)"
+        ) from None
+    return sounddevice
+
+
+def input_devices() -> list[dict[str, Any]]:
+    """All devices with input channels, each with its PortAudio index."""
+    sd = import_sounddevice()
+    try:
+        devices = sd.query_devices()
+    except sd.PortAudioError as exc:
+        raise KwspotError(f"cannot list audio devices ({exc})") from None
+    return [dict(d) for d in devices if d["max_input_channels"] > 0]
+
+
+def default_input_index() -> int | None:
+    sd = import_sounddevice()
+    index = sd.default.device[0]
+    if index is None or index < 0:
+        try:
+            index = sd.query_devices(kind="input")["index"]
+        except (sd.PortAudioError, ValueError):
+            return None
+    return int(index)
+
+
+def resolve_device(device: int | str | None) -> dict[str, Any]:
+    """The input device meant by an index, a part of a name, or None (the default)."""
+    devices = input_devices()
+    if device is None:
+        index = default_input_index()
+        matches = [d for d in devices if d["index"] == index]
+        if not matches:
+            raise KwspotError(NO_DEVICE_HELP)
+        return matches[0]
+    if isinstance(device, int) or (isinstance(device, str) and device.isdigit()):
+        matches = [d for d in devices if d["index"] == int(device)]
+        if not matches:
+            raise KwspotError(f"--device {device}: no input device has that index (see `kwspot devices`)")
+        return matches[0]
+    matches = [d for d in devices if device.lower() in d["name"].lower()]
+    if not matches:
+        raise KwspotError(f"--device {device!r}: no input device name contains it (see `kwspot devices`)")
+    exact = [d for d in matches if d["name"].lower() == device.lower()]
+    if len(matches) > 1 and len(exact) != 1:
+        names = "; ".join(f"{d['index']}: {d['name']}" for d in matches)
+        raise KwspotError(f"--device {device!r} matches several input devices ({names}): be more precise")
+    return exact[0] if exact else matches[0]
+
+
+def describe_devices() -> list[str]:
+    """One line per input device: marker, index, name, channels, default rate."""
+    default = default_input_index()
+    lines = []
+    for d in input_devices():
+        mark = "*" if d["index"] == default else " "
+        lines.append(
+            f"{mark} {d['index']:>3}  {d['name']}  ({d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz)"
+        )
+    return lines

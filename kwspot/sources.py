@@ -1,0 +1,242 @@
+"""Audio sources: microphone, file, stdin. Each delivers mono float32 at 8 kHz.
+
+``read(timeout)`` returns the next block (empty if nothing arrived in time)
+or None at the end of the stream. Every source resamples with the same
+streaming soxr resampler that matches training's front end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import numpy as np
+import soundfile
+
+from kwspot.devices import import_sounddevice, resolve_device
+from kwspot.errors import KwspotError
+from kwspot.frontend import SAMPLE_RATE, StreamResampler, to_mono
+
+log = logging.getLogger("kwspot")
+EMPTY = np.zeros(0, dtype=np.float32)
+
+
+class Source(Protocol):
+    description: str
+    rate: int
+
+    def read(self, timeout: float) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+class FileSource:
+    """A WAV/FLAC file (any rate, any channels), in real time or as fast as possible.
+
+    At the end it adds one second of silence so the last word is judged.
+    """
+
+    def __init__(self, path: str | Path, realtime: bool = True, block_ms: int = 50) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise KwspotError(f"{self.path}: no such audio file")
+        try:
+            self._file = soundfile.SoundFile(str(self.path))
+        except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise KwspotError(f"{self.path}: not a readable audio file ({str(exc).splitlines()[0]})") from None
+        self.rate = int(self._file.samplerate)
+        self.description = f"{self.path} ({self.rate} Hz, {self._file.channels} ch)"
+        self._block = max(1, self.rate * block_ms // 1000)
+        self._resampler = StreamResampler(self.rate)
+        self._realtime = realtime
+        self._start = time.monotonic()
+        self._frames_read = 0
+        self._tail_sent = False
+
+    def read(self, timeout: float) -> np.ndarray | None:
+        if self._tail_sent:
+            return None
+        if self._realtime:
+            due = self._start + self._frames_read / self.rate
+            wait = due - time.monotonic()
+            if wait > timeout:
+                time.sleep(timeout)
+                return EMPTY
+            if wait > 0:
+                time.sleep(wait)
+        try:
+            frames = self._file.read(self._block, dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError) as exc:
+            raise KwspotError(f"{self.path}: unreadable audio past frame {self._frames_read} ({exc})") from None
+        self._frames_read += len(frames)
+        if len(frames) < self._block:
+            self._tail_sent = True
+            out = self._resampler.process(to_mono(frames), last=True)
+            return np.concatenate((out, np.zeros(SAMPLE_RATE, dtype=np.float32)))
+        return self._resampler.process(to_mono(frames))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class StdinSource:
+    """Raw 16-bit little-endian mono PCM on a pipe, e.g. from ``arecord -t raw``."""
+
+    def __init__(self, rate: int = 16000, block_ms: int = 50, stream: BinaryIO | None = None) -> None:
+        self.rate = rate
+        self.description = f"stdin (raw S16_LE mono, {rate} Hz)"
+        self._stream = stream or sys.stdin.buffer
+        self._bytes = 2 * max(1, rate * block_ms // 1000)
+        self._carry = b""
+        self._resampler = StreamResampler(rate)
+        self._ended = False
+
+    def read(self, timeout: float) -> np.ndarray | None:
+        if self._ended:
+            return None
+        fd = self._stream.fileno()
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return EMPTY
+        data = os.read(fd, self._bytes)
+        if not data:
+            self._ended = True
+            return np.concatenate((self._resampler.process(EMPTY, last=True), np.zeros(SAMPLE_RATE, np.float32)))
+        data = self._carry + data
+        usable = len(data) - len(data) % 2
+        self._carry = data[usable:]
+        samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
+        return self._resampler.process(samples)
+
+    def close(self) -> None:
+        pass
+
+
+class MicSource:
+    """A sounddevice input stream whose callback only copies blocks into a queue.
+
+    The device is opened at its own default rate (or ``rate``) and resampled
+    here, in the main loop. If the stream dies or stops delivering audio,
+    ``read`` reopens it with backoff and logs what happened; it never gives up.
+    """
+
+    STALL_S = 2.0
+    MAX_BACKOFF_S = 30.0
+
+    def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 50) -> None:
+        self._sd = import_sounddevice()
+        self._wanted_device = device
+        self._wanted_rate = rate
+        self._block_ms = block_ms
+        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=max(4, 4000 // block_ms))
+        self.overflows = 0  # blocks PortAudio reported as overflowed
+        self.dropped_blocks = 0  # blocks lost because the main loop fell behind
+        self.reconnects = 0
+        self._stream: Any = None
+        self._last_audio = time.monotonic()
+        self._retry_at = 0.0
+        self._backoff = 1.0
+        self._open()
+
+    def _open(self) -> None:
+        info = resolve_device(self._wanted_device)
+        self.rate = int(self._wanted_rate or info["default_samplerate"])
+        self.description = f"{info['name']} (device {info['index']}, {self.rate} Hz)"
+        self._resampler = StreamResampler(self.rate)
+        last_error: Exception | None = None
+        for channels in sorted({1, min(2, int(info["max_input_channels"]))}):
+            try:
+                self._stream = self._sd.InputStream(
+                    device=info["index"],
+                    samplerate=self.rate,
+                    channels=channels,
+                    dtype="float32",
+                    blocksize=max(1, self.rate * self._block_ms // 1000),
+                    callback=self._callback,
+                )
+                self._stream.start()
+                break
+            except self._sd.PortAudioError as exc:
+                last_error, self._stream = exc, None
+        if self._stream is None:
+            raise KwspotError(f"cannot open input device {info['name']!r} at {self.rate} Hz ({last_error})")
+        self._last_audio = time.monotonic()
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        if status.input_overflow:
+            self.overflows += 1
+        try:
+            self._queue.put_nowait(indata.copy())
+        except queue.Full:
+            self.dropped_blocks += 1
+
+    def backlog_samples(self) -> int:
+        """Audio waiting in the queue, in 8 kHz samples."""
+        return self._queue.qsize() * SAMPLE_RATE * self._block_ms // 1000
+
+    def drain(self) -> int:
+        """Throw away what is queued (we fell behind); returns the 8 kHz samples dropped."""
+        dropped = 0
+        while True:
+            try:
+                dropped += len(self._queue.get_nowait())
+            except queue.Empty:
+                return dropped * SAMPLE_RATE // self.rate
+
+    @property
+    def healthy(self) -> bool:
+        return self._stream is not None and time.monotonic() - self._last_audio < self.STALL_S
+
+    def read(self, timeout: float) -> np.ndarray | None:
+        if self._stream is None:
+            return self._retry(timeout)
+        try:
+            block = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            if not self._stream.active or time.monotonic() - self._last_audio > self.STALL_S:
+                reason = "stream stopped" if not self._stream.active else f"no audio for {self.STALL_S:.0f} s"
+                log.warning("audio input lost (%s); reopening", reason)
+                self._close_stream()
+                self._retry_at = time.monotonic()
+            return EMPTY
+        self._last_audio = time.monotonic()
+        self._backoff = 1.0
+        return self._resampler.process(to_mono(block))
+
+    def _retry(self, timeout: float) -> np.ndarray:
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, timeout))
+            return EMPTY
+        try:
+            self._sd._terminate()
+            self._sd._initialize()
+            self._open()
+        except (KwspotError, self._sd.PortAudioError) as exc:
+            log.warning("audio input still unavailable (%s); next try in %.0f s", exc, self._backoff)
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, self.MAX_BACKOFF_S)
+            return EMPTY
+        self.reconnects += 1
+        log.info("audio input back: %s", self.description)
+        return EMPTY
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.abort()
+                self._stream.close()
+            except self._sd.PortAudioError:
+                pass
+            self._stream = None
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def close(self) -> None:
+        self._close_stream()

@@ -14,6 +14,9 @@ The model takes a float32 batch of raw 8 kHz windows in [-1, 1] of shape
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,20 @@ def load_sidecar(model_path: str | Path) -> dict[str, Any]:
     return meta
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Hide LiteRT's C++ INFO chatter ("Created TensorFlow Lite XNNPACK delegate") on fd 2."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class Model:
     """A keyword model: ``predict(window) -> probabilities`` over ``labels``."""
 
@@ -65,8 +82,9 @@ class Model:
         self.meta = load_sidecar(self.path)
         self.labels: list[str] = list(self.meta["labels"])
         try:
-            self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-            self._interpreter.allocate_tensors()
+            with _quiet_stderr():
+                self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             detail = str(exc).strip().split("\n")[0]
             raise KwspotError(f"{self.path}: not a valid LiteRT model ({detail})") from None

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from kwspot.errors import KwspotError
-from kwspot.frontend import SAMPLE_RATE
+from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
 
 BUNDLED_MODEL_NAME = "kwspot.tflite"
 
@@ -97,9 +97,11 @@ class Model:
         shape = tuple(int(d) for d in self._input["shape"])
         if len(shape) != 2 or shape[0] != 1:
             raise KwspotError(f"{self.path}: model input shape {shape}, expected (1, samples)")
-        self.window_samples = shape[1]
-        if self.window_samples != int(self.meta.get("window_samples", self.window_samples)):
-            raise KwspotError(f"{self.path}: input has {shape[1]} samples, sidecar says {self.meta['window_samples']}")
+        if shape[1] != WINDOW_SAMPLES:
+            raise KwspotError(
+                f"{self.path}: model input is {shape[1]} samples; kwspot feeds {WINDOW_SAMPLES} (1 s at 8 kHz)"
+            )
+        self.window_samples = WINDOW_SAMPLES
         out_shape = tuple(int(d) for d in self._output["shape"])
         if out_shape[-1] != len(self.labels):
             raise KwspotError(f"{self.path}: model gives {out_shape[-1]} scores for {len(self.labels)} labels")

@@ -25,7 +25,7 @@ def predict_file(model: Model, path: str | Path) -> tuple[str, float]:
 
 
 def run_predict(model: Model, files: list[str], as_json: bool) -> int:
-    """Print one line per file; a bad file is reported and the rest still run."""
+    """Print one line per file; a bad file gets one error line, the rest still run, and the exit is 1."""
     failed = 0
     for name in files:
         try:
@@ -38,8 +38,6 @@ def run_predict(model: Model, files: list[str], as_json: bool) -> int:
             print(json.dumps({"file": name, "label": label, "score": round(score, 4)}), flush=True)
         else:
             print(f"{name}\t{label}\t{score:.3f}", flush=True)
-    if failed:
-        log.error("%d of %d files could not be classified", failed, len(files))
     return 1 if failed else 0
 
 

@@ -126,7 +126,8 @@ class MicSource:
     ``read`` reopens it with backoff and logs what happened; it never gives up.
     """
 
-    STALL_S = 2.0
+    STALL_S = 2.0  # no audio for this long means the stream is dead
+    FIRST_BACKOFF_S = 1.0
     MAX_BACKOFF_S = 30.0
 
     def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 50) -> None:
@@ -141,7 +142,7 @@ class MicSource:
         self._stream: Any = None
         self._last_audio = time.monotonic()
         self._retry_at = 0.0
-        self._backoff = 1.0
+        self._backoff = self.FIRST_BACKOFF_S
         self._open()
 
     def _open(self) -> None:
@@ -200,13 +201,13 @@ class MicSource:
             block = self._queue.get(timeout=timeout)
         except queue.Empty:
             if not self._stream.active or time.monotonic() - self._last_audio > self.STALL_S:
-                reason = "stream stopped" if not self._stream.active else f"no audio for {self.STALL_S:.0f} s"
+                reason = "stream stopped" if not self._stream.active else f"no audio for {self.STALL_S:g} s"
                 log.warning("audio input lost (%s); reopening", reason)
                 self._close_stream()
                 self._retry_at = time.monotonic()
             return EMPTY
         self._last_audio = time.monotonic()
-        self._backoff = 1.0
+        self._backoff = self.FIRST_BACKOFF_S
         return self._resampler.process(to_mono(block))
 
     def _retry(self, timeout: float) -> np.ndarray:

@@ -1,0 +1,176 @@
+"""Bad input of every kind: it either works, or ends with one line naming the cause and a non-zero exit.
+
+Never a traceback. Each case runs the real program as a subprocess.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from conftest import assert_one_line_error, run_kwspot
+
+from kwspot.model import bundled_model_path, sidecar_path
+
+DATA = Path(__file__).parent / "data"
+
+
+def tone(rate: int, seconds: float = 1.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    x = 0.2 * np.sin(2 * np.pi * 440 * t)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def wav(subtype: str, rate: int = 16000, channels: int = 1) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        path = tmp / f"in_{subtype}_{rate}_{channels}.wav"
+        soundfile.write(path, tone(rate, channels=channels), rate, subtype=subtype)
+        return ["listen", "--input", str(path), "--fast", "--format", "jsonl"]
+
+    return make
+
+
+def listen_file(content: bytes, name: str = "in.wav") -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        (tmp / name).write_bytes(content)
+        return ["listen", "--input", str(tmp / name), "--fast"]
+
+    return make
+
+
+def truncated_wav(tmp: Path) -> list[str]:
+    path = tmp / "truncated.wav"
+    soundfile.write(path, tone(16000, 2.0), 16000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:20000])
+    return ["listen", "--input", str(path), "--fast", "--format", "jsonl"]
+
+
+def with_config(text: str) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        (tmp / "kw.yaml").write_text(text)
+        return [*wav("PCM_16")(tmp), "--config", str(tmp / "kw.yaml")]
+
+    return make
+
+
+def with_model(prepare: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        return [*wav("PCM_16")(tmp), "--model", str(prepare(tmp))]
+
+    return make
+
+
+def copy_model(tmp: Path, name: str, cut: int | None = None, sidecar: str | None = "copy") -> Path:
+    model = tmp / f"{name}.tflite"
+    data = bundled_model_path().read_bytes()
+    model.write_bytes(data[:cut] if cut else data)
+    if sidecar == "copy":
+        shutil.copy(sidecar_path(bundled_model_path()), sidecar_path(model))
+    elif sidecar is not None:
+        sidecar_path(model).write_text(sidecar)
+    return model
+
+
+def wrong_shape(tmp: Path) -> Path:
+    for suffix in (".tflite", ".json"):
+        shutil.copy(DATA / f"wrong_shape{suffix}", tmp / f"wrong_shape{suffix}")
+    return tmp / "wrong_shape.tflite"
+
+
+def with_socket(prepare: Callable[[Path], str]) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        return [*wav("PCM_16")(tmp), "--socket", prepare(tmp)]
+
+    return make
+
+
+_held: list[socket.socket] = []
+
+
+def live_socket(tmp: Path) -> str:
+    """A path where something is listening, as another kwspot would be."""
+    path = tmp / "busy.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    _held.append(server)
+    return str(path)
+
+
+def regular_file(tmp: Path) -> str:
+    (tmp / "not-a-socket").write_text("precious data")
+    return str(tmp / "not-a-socket")
+
+
+WORKS = None
+CASES = {
+    # audio files
+    "corrupt wav": (listen_file(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\xff" * 40), ["in.wav"]),
+    "empty file": (listen_file(b""), ["in.wav"]),
+    "text file": (listen_file(b"hello, I am not audio\n" * 50, "notes.wav"), ["notes.wav"]),
+    "random bytes flac": (listen_file(bytes(range(256)) * 40, "noise.flac"), ["noise.flac"]),
+    "missing file": (lambda tmp: ["listen", "--input", str(tmp / "gone.wav")], ["gone.wav"]),
+    "directory as input": (lambda tmp: ["listen", "--input", str(tmp)], ["no such audio file"]),
+    "truncated wav": (truncated_wav, WORKS),
+    "24-bit wav": (wav("PCM_24"), WORKS),
+    "8-bit wav": (wav("PCM_U8"), WORKS),
+    "float wav": (wav("FLOAT"), WORKS),
+    "stereo wav": (wav("PCM_16", channels=2), WORKS),
+    "96 kHz wav": (wav("PCM_16", rate=96000), WORKS),
+    "6-channel 44.1 kHz wav": (wav("PCM_16", rate=44100, channels=6), WORKS),
+    # config
+    "unknown config key": (with_config("detector:\n  treshold: 0.5\n"), ["kw.yaml", "detector.treshold"]),
+    "unknown config section": (with_config("speakers:\n  volume: 3\n"), ["kw.yaml", "speakers"]),
+    "wrong type": (with_config("detector:\n  refractory_s: soon\n"), ["detector.refractory_s"]),
+    "negative threshold": (with_config("detector:\n  threshold: -0.2\n"), ["detector.threshold"]),
+    "threshold of unknown word": (with_config("detector:\n  thresholds: {halt: 0.5}\n"), ["halt"]),
+    "invalid yaml": (with_config("detector: {threshold: [0.5\n"), ["kw.yaml", "YAML"]),
+    "missing config": (lambda tmp: ["listen", "--config", str(tmp / "none.yaml")], ["none.yaml"]),
+    # model
+    "missing model": (with_model(lambda tmp: tmp / "absent.tflite"), ["absent.tflite"]),
+    "truncated model": (with_model(lambda tmp: copy_model(tmp, "cut", cut=4000)), ["cut.tflite"]),
+    "garbage model": (with_model(lambda tmp: copy_model(tmp, "junk", cut=1)), ["junk.tflite"]),
+    "wrong-shape model": (with_model(wrong_shape), ["wrong_shape.tflite", "8000"]),
+    "model without sidecar": (with_model(lambda tmp: copy_model(tmp, "bare", sidecar=None)), ["bare.json"]),
+    "sidecar without labels": (with_model(lambda tmp: copy_model(tmp, "nolab", sidecar='{"x": 1}')), ["labels"]),
+    "labels do not fit model": (
+        with_model(lambda tmp: copy_model(tmp, "few", sidecar='{"labels": ["yes", "no"]}')), ["few.tflite", "2 labels"]
+    ),
+    # socket
+    "socket in missing directory": (with_socket(lambda tmp: str(tmp / "no" / "dir" / "kw.sock")), ["kw.sock"]),
+    "unwritable socket path": (with_socket(lambda tmp: "/proc/kwspot-test.sock"), ["/proc/kwspot-test.sock"]),
+    "socket path held by a live daemon": (with_socket(live_socket), ["busy.sock", "already listening"]),
+    "socket path is a regular file": (with_socket(regular_file), ["not-a-socket"]),
+    # command line and devices
+    "unknown device": (lambda tmp: ["listen", "--device", "no-such-mic-xyz"], ["no-such-mic-xyz"]),
+    "device index out of range": (lambda tmp: ["listen", "--device", "999"], ["999"]),
+    "capture rate out of range": (lambda tmp: ["listen", "--rate", "5"], ["--rate"]),
+    "--fast without a file": (lambda tmp: ["listen", "--fast"], ["--fast"]),
+    "threshold above 1": (lambda tmp: [*wav("PCM_16")(tmp), "--threshold", "1.5"], ["--threshold"]),
+    "predict a corrupt clip": (
+        lambda tmp: ["predict", listen_file(b"RIFFjunk", "clip.wav")(tmp)[2]], ["clip.wav"]
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, tmp_path):
+    make, needles = CASES[name]
+    result = run_kwspot(*make(tmp_path), timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    if needles is WORKS:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert_one_line_error(result, *needles)
+    if name == "socket path is a regular file":
+        assert (tmp_path / "not-a-socket").read_text() == "precious data"
+
+
+def teardown_module():
+    for server in _held:
+        server.close()

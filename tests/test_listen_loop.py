@@ -1,0 +1,231 @@
+"""The listen loop and the microphone source, with fake audio: reconnects, overflows, lag, watchdog, reload."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from kwspot import sources
+from kwspot.config import validate
+from kwspot.frontend import SAMPLE_RATE
+from kwspot.listen import Listener, ListenRequest
+from kwspot.sources import MicSource
+
+
+class FakePortAudioError(Exception):
+    pass
+
+
+class FakeStream:
+    """Stands in for sounddevice.InputStream; the test pushes blocks through its callback."""
+
+    instances: list[FakeStream] = []
+    fail_open = False
+
+    def __init__(self, callback, samplerate, channels, blocksize, **_):
+        if FakeStream.fail_open:
+            raise FakePortAudioError("device unavailable")
+        self.callback, self.rate, self.channels, self.blocksize = callback, samplerate, channels, blocksize
+        self.active = False
+        FakeStream.instances.append(self)
+
+    def start(self):
+        self.active = True
+
+    def abort(self):
+        self.active = False
+
+    def close(self):
+        pass
+
+    def push(self, n: int = 1, overflow: bool = False):
+        for _ in range(n):
+            self.callback(np.full((self.blocksize, self.channels), 0.1, np.float32), self.blocksize, None,
+                          SimpleNamespace(input_overflow=overflow))
+
+
+@pytest.fixture
+def fake_sd(monkeypatch):
+    FakeStream.instances, FakeStream.fail_open = [], False
+    module = SimpleNamespace(InputStream=FakeStream, PortAudioError=FakePortAudioError,
+                             _terminate=lambda: None, _initialize=lambda: None)
+    monkeypatch.setattr(sources, "import_sounddevice", lambda: module)
+    info = {"index": 3, "name": "Fake Mic", "default_samplerate": 16000.0, "max_input_channels": 1}
+    monkeypatch.setattr(sources, "resolve_device", lambda device: info)
+    monkeypatch.setattr(MicSource, "STALL_S", 0.3)
+    monkeypatch.setattr(MicSource, "FIRST_BACKOFF_S", 0.1)
+    return module
+
+
+class LogRecorder(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def kwlog():
+    recorder = LogRecorder()
+    logger = logging.getLogger("kwspot")
+    logger.addHandler(recorder)
+    logger.setLevel(logging.INFO)
+    yield recorder.messages
+    logger.removeHandler(recorder)
+
+
+def read_until(source, predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        block = source.read(0.05)
+        if predicate(block):
+            return block
+    raise AssertionError("condition not reached")
+
+
+def test_mic_opens_at_the_device_rate_and_resamples(fake_sd):
+    mic = MicSource(block_ms=50)
+    stream = FakeStream.instances[0]
+    assert stream.rate == 16000 and stream.blocksize == 800
+    stream.push(10)
+    got = sum(mic.read(0.05).size for _ in range(10))
+    assert 10 * 400 - 800 < got <= 10 * 400  # 16 kHz -> 8 kHz, less soxr's start-up delay (< 100 ms)
+
+
+def test_mic_survives_a_lost_device_and_comes_back(fake_sd, kwlog):
+    mic = MicSource(block_ms=50)
+    FakeStream.instances[0].push(5)
+    read_until(mic, lambda b: b.size > 0)
+    FakeStream.instances[0].active = False  # the device went away
+    FakeStream.fail_open = True
+    read_until(mic, lambda b: any("still unavailable" in m for m in kwlog))
+    assert any("audio input lost" in m for m in kwlog)
+    FakeStream.fail_open = False  # plugged back in
+    read_until(mic, lambda b: len(FakeStream.instances) == 2)
+    assert mic.reconnects == 1 and any("audio input back" in m for m in kwlog)
+    FakeStream.instances[1].push(5)
+    assert read_until(mic, lambda b: b.size > 0).size > 0
+
+
+def test_mic_stall_without_error_is_treated_as_lost(fake_sd, kwlog):
+    mic = MicSource(block_ms=50)
+    read_until(mic, lambda b: len(FakeStream.instances) == 2)  # active but silent: reopened
+    assert any("no audio for" in m for m in kwlog)
+
+
+def test_overflows_and_full_queue_are_counted(fake_sd):
+    mic = MicSource(block_ms=50)
+    stream = FakeStream.instances[0]
+    stream.push(3, overflow=True)
+    stream.push(mic._queue.maxsize + 5)
+    assert mic.overflows == 3 and mic.dropped_blocks == 8
+    assert mic.backlog_samples() > 0
+    assert mic.drain() > 0 and mic.backlog_samples() == 0
+
+
+class FakeSource:
+    """A scripted source: a list of blocks (None = end), with counters like MicSource's."""
+
+    description = "fake"
+    rate = SAMPLE_RATE
+
+    def __init__(self, blocks, backlog=0):
+        self.blocks, self.overflows, self.dropped_blocks, self.backlog = list(blocks), 0, 0, backlog
+
+    def read(self, timeout):
+        block = self.blocks.pop(0) if self.blocks else None
+        if isinstance(block, str):
+            time.sleep(timeout)
+            return np.zeros(0, np.float32)
+        if block is not None:
+            self.overflows += 1
+        return block
+
+    def backlog_samples(self):
+        return self.backlog
+
+    def drain(self):
+        dropped, self.backlog = self.backlog, 0
+        return dropped
+
+    def close(self):
+        pass
+
+
+class FakeNotifier:
+    def __init__(self):
+        self.sent: list[str] = []
+
+    def ready(self):
+        self.sent.append("READY")
+
+    def watchdog(self):
+        self.sent.append("WATCHDOG")
+
+    def watchdog_interval(self):
+        return 0.3
+
+    def stopping(self):
+        self.sent.append("STOPPING")
+
+
+def make_listener(monkeypatch, source, config_path=None):
+    monkeypatch.setattr("kwspot.listen.open_source", lambda request, settings: source)
+    settings = validate(None)
+    settings["sinks"]["console"] = False
+    listener = Listener(ListenRequest(input="fake", config_path=config_path), settings)
+    listener.notifier = FakeNotifier()
+    return listener
+
+
+def hop():
+    return np.zeros(800, np.float32)
+
+
+def test_watchdog_is_fed_only_while_audio_flows(monkeypatch):
+    blocks = [hop() for _ in range(3)] + ["silent"] * 8  # 8 x 0.25 s with no audio
+    listener = make_listener(monkeypatch, FakeSource(blocks))
+    assert listener.run() == 0
+    sent = listener.notifier.sent
+    assert sent[0] == "READY" and sent[-1] == "STOPPING"
+    assert sent.count("WATCHDOG") == 1  # one ping while audio flowed, none during the 2 s silence
+
+
+def test_overflows_are_logged_at_most_once_a_second(monkeypatch, kwlog):
+    listener = make_listener(monkeypatch, FakeSource([hop() for _ in range(50)]))
+    listener.run()
+    reports = [m for m in kwlog if m.startswith("input trouble")]
+    assert len(reports) == 1 and "1 overflows" in reports[0]
+
+
+def test_falling_behind_skips_to_the_present(monkeypatch, kwlog):
+    source = FakeSource([hop(), hop()], backlog=SAMPLE_RATE)  # a second of audio piled up
+    listener = make_listener(monkeypatch, source)
+    listener.run()
+    assert listener.skipped_samples == SAMPLE_RATE and source.backlog == 0
+    assert listener.pipeline.t >= 1.0  # time moved on past the skipped audio
+
+
+def test_sighup_reloads_thresholds_and_refuses_a_bad_config(monkeypatch, tmp_path, kwlog):
+    config = tmp_path / "kw.yaml"
+    config.write_text("detector:\n  thresholds: {stop: 0.42}\n")
+    listener = make_listener(monkeypatch, FakeSource([hop()] * 3), config_path=str(config))
+    config.write_text("detector:\n  thresholds: {stop: 0.55}\n")
+    listener.install_signal_handlers()
+    signal.raise_signal(signal.SIGHUP)
+    listener.run()
+    assert listener.pipeline.detector.threshold("stop") == pytest.approx(0.55)
+    assert any("configuration reloaded" in m for m in kwlog)
+
+    config.write_text("detector:\n  thresholds: {stop: 7}\n")
+    listener.reload()
+    assert any("reload refused" in m for m in kwlog)
+    assert listener.pipeline.detector.threshold("stop") == pytest.approx(0.55)  # the old one is kept
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)

@@ -74,6 +74,18 @@ def open_source(request: ListenRequest, settings: Settings) -> Source:
     return MicSource(settings["audio"]["device"], settings["audio"]["rate"], block_ms)
 
 
+def socket_sink(sinks_cfg: dict[str, Any]) -> SocketSink:
+    return SocketSink(
+        sinks_cfg["socket"],
+        mode=int(sinks_cfg["socket_mode"], 8),
+        max_client_buffer=sinks_cfg["client_buffer_kb"] * 1024,
+        logger=log,
+    )
+
+
+SOCKET_KEYS = ("socket", "socket_mode", "client_buffer_kb")
+
+
 def build_sinks(settings: Settings, source: Source) -> list[Sink]:
     sinks_cfg = settings["sinks"]
     sinks: list[Sink] = []
@@ -83,15 +95,30 @@ def build_sinks(settings: Settings, source: Source) -> list[Sink]:
     if sinks_cfg["jsonl"]:
         sinks.append(JsonlSink())
     if sinks_cfg["socket"]:
-        sinks.append(
-            SocketSink(
-                sinks_cfg["socket"],
-                mode=int(sinks_cfg["socket_mode"], 8),
-                max_client_buffer=sinks_cfg["client_buffer_kb"] * 1024,
-                logger=log,
-            )
-        )
+        sinks.append(socket_sink(sinks_cfg))
     return sinks
+
+
+def reconcile_sinks(sinks: list[Sink], old: dict[str, Any], new: dict[str, Any]) -> list[Sink]:
+    """The sinks a reloaded config asks for, keeping those whose settings did not change.
+
+    A new socket that cannot be opened raises KwspotError before anything is closed.
+    """
+    socket_changed = any(old[k] != new[k] for k in SOCKET_KEYS)
+    fresh_socket = None
+    if socket_changed and new["socket"] and new["socket"] != old["socket"]:
+        fresh_socket = socket_sink(new)
+    kept: list[Sink] = []
+    for sink in sinks:
+        if (isinstance(sink, SocketSink) and socket_changed) or (isinstance(sink, JsonlSink) and not new["jsonl"]):
+            sink.close()
+        else:
+            kept.append(sink)
+    if new["jsonl"] and not old["jsonl"]:
+        kept.append(JsonlSink())
+    if socket_changed and new["socket"]:
+        kept.append(fresh_socket or socket_sink(new))
+    return kept
 
 
 class Listener:
@@ -214,22 +241,21 @@ class Listener:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; apply detector settings and sinks, or keep the old ones."""
+        self.notifier.reloading()
         try:
             settings, path = load_config(self.request.config_path)
-            new_settings = detector_settings(settings, self.model, self.request.cli_threshold)
             settings["sinks"]["console"] = self.settings["sinks"]["console"]
-            sinks_changed = settings["sinks"] != self.settings["sinks"]
-            new_sinks = build_sinks(settings, self.source) if sinks_changed else None
+            new_detector = Detector(
+                self.model.labels, detector_settings(settings, self.model, self.request.cli_threshold)
+            )
+            self.sinks = reconcile_sinks(self.sinks, self.settings["sinks"], settings["sinks"])
         except KwspotError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
-            return
-        self.pipeline.detector = Detector(self.model.labels, new_settings)
-        if new_sinks is not None:
-            for sink in self.sinks:
-                sink.close()
-            self.sinks = new_sinks
-        self.settings["detector"], self.settings["sinks"] = settings["detector"], settings["sinks"]
-        log.info("configuration reloaded from %s", path or "built-in defaults")
+        else:
+            self.pipeline.detector = new_detector
+            self.settings["detector"], self.settings["sinks"] = settings["detector"], settings["sinks"]
+            log.info("configuration reloaded from %s", path or "built-in defaults")
+        self.notifier.ready()
 
     def close(self) -> None:
         self.notifier.stopping()

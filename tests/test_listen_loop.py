@@ -172,6 +172,9 @@ class FakeNotifier:
     def watchdog_interval(self):
         return 0.3
 
+    def reloading(self):
+        self.sent.append("RELOADING")
+
     def stopping(self):
         self.sent.append("STOPPING")
 
@@ -229,3 +232,23 @@ def test_sighup_reloads_thresholds_and_refuses_a_bad_config(monkeypatch, tmp_pat
     assert any("reload refused" in m for m in kwlog)
     assert listener.pipeline.detector.threshold("stop") == pytest.approx(0.55)  # the old one is kept
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def test_reload_keeps_an_unchanged_socket_and_swaps_a_changed_one(tmp_path):
+    from kwspot.listen import reconcile_sinks
+    from kwspot.sinks.jsonl import JsonlSink
+    from kwspot.sinks.socket import SocketSink
+
+    old = validate(None)["sinks"] | {"socket": str(tmp_path / "a.sock")}
+    sinks = [socket_sink := SocketSink(old["socket"])]
+    try:
+        same = reconcile_sinks(sinks, old, dict(old))
+        assert same == [socket_sink]
+        with_jsonl = reconcile_sinks(same, old, old | {"jsonl": True})
+        assert with_jsonl[0] is socket_sink and isinstance(with_jsonl[1], JsonlSink)
+        moved = reconcile_sinks(with_jsonl, old | {"jsonl": True}, old | {"socket": str(tmp_path / "b.sock")})
+        assert len(moved) == 1 and moved[0] is not socket_sink
+        assert (tmp_path / "b.sock").exists() and not (tmp_path / "a.sock").exists()
+    finally:
+        for sink in [socket_sink, *locals().get("moved", [])]:
+            sink.close()

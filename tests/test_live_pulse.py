@@ -26,38 +26,56 @@ pytestmark = pytest.mark.live
 TOOLS = ("pulseaudio", "pactl", "paplay", "parec")
 
 
+class PulseServer:
+    """A private PulseAudio server with a null sink whose monitor is the default source."""
+
+    def __init__(self, runtime: Path) -> None:
+        self.env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(runtime)}
+        self.env.pop("PULSE_SERVER", None)
+        self.server: subprocess.Popen | None = None
+        self.reader: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.server = subprocess.Popen(
+            ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "--log-target=stderr",
+             "--load=module-native-protocol-unix auth-anonymous=1",
+             "--load=module-null-sink sink_name=kwsink rate=48000",
+             "--load=module-always-sink"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 15
+        while subprocess.run(["pactl", "info"], env=self.env, capture_output=True).returncode != 0:
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                self.server.kill()
+                pytest.skip(f"PulseAudio did not start: {self.server.stderr.read().decode()[-300:]}")
+            time.sleep(0.2)
+        subprocess.run(["pactl", "set-default-source", "kwsink.monitor"], env=self.env, check=True)
+        # One low-latency reader keeps the monitor source running; without it a new capture
+        # stream gets no audio for about 2 s.
+        self.reader = subprocess.Popen(["parec", "--latency-msec=20", "-d", "kwsink.monitor"], env=self.env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        for proc in (self.reader, self.server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+    def play(self, path: Path) -> None:
+        subprocess.run(["paplay", "-d", "kwsink", str(path)], env=self.env, check=True, timeout=60)
+
+
 @pytest.fixture
-def pulse(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """A private PulseAudio server; yields the environment that reaches it."""
+def pulse(tmp_path_factory) -> Iterator[PulseServer]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"PulseAudio tools missing: {', '.join(missing)} (Debian: pulseaudio pulseaudio-utils)")
     runtime = tmp_path_factory.mktemp("pulse-runtime")
     runtime.chmod(0o700)
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(runtime), "PULSE_SERVER": ""}
-    env.pop("PULSE_SERVER")
-    server = subprocess.Popen(
-        ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit", "--log-target=stderr",
-         "--load=module-native-protocol-unix auth-anonymous=1",
-         "--load=module-null-sink sink_name=kwsink rate=48000",
-         "--load=module-always-sink"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 15
-    while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            pytest.skip(f"PulseAudio did not start: {server.stderr.read().decode()[-300:]}")
-        time.sleep(0.2)
-    subprocess.run(["pactl", "set-default-source", "kwsink.monitor"], env=env, check=True)
-    # One low-latency reader keeps the monitor source running; without it a new capture
-    # stream gets no audio for about 2 s.
-    reader = subprocess.Popen(["parec", "--latency-msec=20", "-d", "kwsink.monitor"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    yield env
-    reader.kill()
-    server.terminate()
-    server.wait(timeout=10)
+    server = PulseServer(runtime)
+    server.start()
+    yield server
+    server.stop()
 
 
 def connect(path: Path, daemon: subprocess.Popen, timeout: float = 30) -> socket.socket:
@@ -90,28 +108,65 @@ def read_events(client: socket.socket, seconds: float) -> list[dict]:
     return [json.loads(line) for line in data.decode().splitlines()]
 
 
+def word_stream(speech_commands: Path, words: list[str], path: Path, skip: int = 0) -> Path:
+    listed = (speech_commands / "testing_list.txt").read_text().split()
+    clips = [load_audio(speech_commands / [p for p in listed if p.startswith(w + "/")][skip]) for w in words]
+    write_stream(path, clips, gap_s=1.5)
+    return path
+
+
+def start_daemon(pulse: PulseServer, sock: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        kwspot_cmd("listen", "--socket", str(sock), "--no-console"),
+        env={**pulse.env, "KWSPOT_CONFIG": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def stop_daemon(daemon: subprocess.Popen) -> str:
+    daemon.send_signal(signal.SIGTERM)
+    _, err = daemon.communicate(timeout=20)
+    assert daemon.returncode == 0, err
+    return err
+
+
 def test_default_device_through_pulseaudio_reports_keywords(pulse, tmp_path, speech_commands):
     words = ["stop", "go", "yes", "left", "up"]
-    listed = (speech_commands / "testing_list.txt").read_text().split()
-    clips = [load_audio(speech_commands / next(p for p in listed if p.startswith(w + "/"))) for w in words]
-    write_stream(tmp_path / "words.wav", clips, gap_s=1.5)
+    stream = word_stream(speech_commands, words, tmp_path / "words.wav")
     sock = tmp_path / "kw.sock"
-    daemon = subprocess.Popen(
-        kwspot_cmd("listen", "--socket", str(sock), "--no-console", "--log-level", "debug"),
-        env={**pulse, "KWSPOT_CONFIG": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    daemon = start_daemon(pulse, sock)
     try:
         client = connect(sock, daemon)
         time.sleep(1.0)
-        subprocess.run(["paplay", "-d", "kwsink", str(tmp_path / "words.wav")], env=pulse, check=True, timeout=60)
+        pulse.play(stream)
         events = read_events(client, seconds=2.5)
         client.close()
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        out, err = daemon.communicate(timeout=20)
-    assert daemon.returncode == 0, err
+        err = stop_daemon(daemon)
     assert not sock.exists(), "socket file left behind"
     heard = [e["keyword"] for e in events]
     assert sum(w in heard for w in words) >= 4, (heard, err)
     assert len(heard) <= len(words) + 1, heard
     assert np.all(np.diff([e["t"] for e in events]) > 0)
+
+
+def test_capture_survives_a_sound_server_restart(pulse, tmp_path, speech_commands):
+    words = ["no", "right", "down", "off", "stop"]
+    stream = word_stream(speech_commands, words, tmp_path / "after.wav", skip=1)
+    sock = tmp_path / "kw.sock"
+    daemon = start_daemon(pulse, sock)
+    try:
+        client = connect(sock, daemon)
+        time.sleep(1.5)
+        pulse.stop()  # the sound server goes away under kwspot
+        time.sleep(3.0)
+        assert daemon.poll() is None, "kwspot exited when the device went away"
+        pulse.start()
+        time.sleep(8.0)  # kwspot retries with backoff (1, 2, 4 s)
+        pulse.play(stream)
+        events = read_events(client, seconds=2.5)
+        client.close()
+    finally:
+        err = stop_daemon(daemon)
+    assert "audio input lost" in err and "audio input back" in err, err
+    heard = [e["keyword"] for e in events]
+    assert sum(w in heard for w in words) >= 3, (heard, err)

@@ -174,3 +174,27 @@ def test_bad_input(name, tmp_path):
 def teardown_module():
     for server in _held:
         server.close()
+
+
+def alsa_without_devices(tmp: Path) -> Path:
+    """ALSA's own configuration minus its hooks: no sound server plugin, no card, so no input device."""
+    text = Path("/usr/share/alsa/alsa.conf").read_text()
+    start = text.index("@hooks")
+    depth, end = 0, text.index("[", start)
+    while True:
+        depth += {"[": 1, "]": -1}.get(text[end], 0)
+        if depth == 0:
+            break
+        end += 1
+    path = tmp / "alsa.conf"
+    path.write_text(text[:start] + text[end + 1 :])
+    return path
+
+
+def test_no_input_device_says_what_to_do(tmp_path):
+    if not Path("/usr/share/alsa/alsa.conf").is_file():
+        pytest.skip("ALSA's alsa.conf not found (Debian: libasound2)")
+    if Path("/dev/snd").exists() and any(Path("/dev/snd").glob("pcmC*c")):
+        pytest.skip("this machine has a real capture device")
+    result = run_kwspot("listen", env={"ALSA_CONFIG_PATH": str(alsa_without_devices(tmp_path))})
+    assert_one_line_error(result, "no audio input device", "--device", "--input FILE")

@@ -9,6 +9,7 @@ import sys
 
 from kwspot import __version__
 from kwspot.errors import KwspotError
+from kwspot.sinks.socket import default_socket_path
 
 log = logging.getLogger("kwspot")
 
@@ -26,7 +27,10 @@ def _add_listen(sub: argparse._SubParsersAction) -> None:
     det.add_argument("--threshold", type=float, metavar="P", help="one threshold for every keyword (0 to 1)")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=["console", "jsonl"], help="console view, or JSON lines on stdout")
-    out.add_argument("--socket", metavar="PATH", help="serve events as JSON lines on this unix socket")
+    out.add_argument(
+        "--socket", nargs="?", const=str(default_socket_path()), metavar="PATH",
+        help=f"serve events as JSON lines on a unix socket (default path: {default_socket_path()})",
+    )
     out.add_argument("--no-console", action="store_true", help="no console view, even on a terminal")
     _add_logging(p)
 
@@ -120,16 +124,23 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        code = run(args)
     except KwspotError as exc:
         print(f"kwspot: error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
-        return 130
+        code = 130
     except BrokenPipeError:
         # The reader of our stdout went away: nothing more to say.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        code = 0
+    sources = sys.modules.get("kwspot.sources")
+    if sources is not None and sources.MicSource.hung:
+        # PortAudio is stuck in a call that never returns; its exit hook would hang too.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

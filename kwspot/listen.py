@@ -110,7 +110,9 @@ def reconcile_sinks(sinks: list[Sink], old: dict[str, Any], new: dict[str, Any])
         fresh_socket = socket_sink(new)
     kept: list[Sink] = []
     for sink in sinks:
-        if (isinstance(sink, SocketSink) and socket_changed) or (isinstance(sink, JsonlSink) and not new["jsonl"]):
+        if isinstance(sink, SocketSink) and socket_changed:
+            sink.close(linger=0)  # never hold the audio loop for a slow reader
+        elif isinstance(sink, JsonlSink) and not new["jsonl"]:
             sink.close()
         else:
             kept.append(sink)
@@ -259,6 +261,8 @@ class Listener:
 
     def close(self) -> None:
         self.notifier.stopping()
-        self.source.close()
-        for sink in self.sinks:
-            sink.close()
+        try:
+            self.source.close()
+        finally:
+            for sink in self.sinks:
+                sink.close()

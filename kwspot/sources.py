@@ -12,7 +12,9 @@ import os
 import queue
 import select
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -118,17 +120,25 @@ class StdinSource:
         pass
 
 
+class AudioSystemHung(KwspotError):
+    """A PortAudio call never returned (e.g. a frozen sound server): only a restart helps."""
+
+
 class MicSource:
     """A sounddevice input stream whose callback only copies blocks into a queue.
 
     The device is opened at its own default rate (or ``rate``) and resampled
     here, in the main loop. If the stream dies or stops delivering audio,
     ``read`` reopens it with backoff and logs what happened; it never gives up.
+    Calls that talk to the sound server run in a worker thread with a time
+    limit, so a frozen server cannot freeze the loop (or its signal handling).
     """
 
     STALL_S = 2.0  # no audio for this long means the stream is dead
     FIRST_BACKOFF_S = 1.0
     MAX_BACKOFF_S = 30.0
+    CALL_TIMEOUT_S = 5.0
+    hung = False  # set once a PortAudio call never returned; PortAudio is not touched again
 
     def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 50) -> None:
         self._sd = import_sounddevice()
@@ -143,7 +153,32 @@ class MicSource:
         self._last_audio = time.monotonic()
         self._retry_at = 0.0
         self._backoff = self.FIRST_BACKOFF_S
-        self._open()
+        self._guarded(self._open, "opening the input device")
+
+    def _guarded(self, call: Callable[[], None], what: str) -> None:
+        """Run a PortAudio call in a worker thread; raise AudioSystemHung if it does not return in time."""
+        if MicSource.hung:
+            raise AudioSystemHung("audio system hung earlier; not touching it again")
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="portaudio-call", daemon=True).start()
+        if not done.wait(self.CALL_TIMEOUT_S):
+            MicSource.hung = True
+            raise AudioSystemHung(
+                f"audio system hung: {what} did not return in {self.CALL_TIMEOUT_S:g} s "
+                "(sound server frozen?); exiting so that kwspot can be restarted"
+            )
+        if errors:
+            raise errors[0]
 
     def _open(self) -> None:
         info = resolve_device(self._wanted_device)
@@ -190,10 +225,6 @@ class MicSource:
             except queue.Empty:
                 return dropped * SAMPLE_RATE // self.rate
 
-    @property
-    def healthy(self) -> bool:
-        return self._stream is not None and time.monotonic() - self._last_audio < self.STALL_S
-
     def read(self, timeout: float) -> np.ndarray | None:
         if self._stream is None:
             return self._retry(timeout)
@@ -216,9 +247,9 @@ class MicSource:
             time.sleep(min(wait, timeout))
             return EMPTY
         try:
-            self._sd._terminate()
-            self._sd._initialize()
-            self._open()
+            self._guarded(self._reinitialize, "reopening the input device")
+        except AudioSystemHung:
+            raise
         except (KwspotError, self._sd.PortAudioError) as exc:
             log.warning("audio input still unavailable (%s); next try in %.0f s", exc, self._backoff)
             self._retry_at = time.monotonic() + self._backoff
@@ -228,14 +259,24 @@ class MicSource:
         log.info("audio input back: %s", self.description)
         return EMPTY
 
+    def _reinitialize(self) -> None:
+        """Restart PortAudio (so it sees devices and servers that came back), then open the device."""
+        self._sd._terminate()
+        self._sd._initialize()
+        self._open()
+
     def _close_stream(self) -> None:
-        if self._stream is not None:
-            try:
-                self._stream.abort()
-                self._stream.close()
-            except self._sd.PortAudioError:
-                pass
-            self._stream = None
+        stream, self._stream = self._stream, None
+        if stream is not None and not MicSource.hung:
+
+            def stop() -> None:
+                try:
+                    stream.abort()
+                    stream.close()
+                except self._sd.PortAudioError:
+                    pass
+
+            self._guarded(stop, "closing the input stream")
         while not self._queue.empty():
             self._queue.get_nowait()
 

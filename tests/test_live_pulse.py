@@ -22,6 +22,7 @@ from conftest import kwspot_cmd, write_stream
 
 from kwspot import KEYWORDS
 from kwspot.frontend import load_audio
+from kwspot.sources import MicSource
 
 pytestmark = pytest.mark.live
 TOOLS = ("pulseaudio", "pactl", "paplay", "parec")
@@ -183,3 +184,22 @@ def test_capture_survives_a_sound_server_restart(pulse, tmp_path, speech_command
         err = stop_daemon(daemon)
     assert "audio input lost" in err and "audio input back" in err, err
     assert_same_words([e["keyword"] for e in events], file_keywords(stream), err)
+
+
+def test_a_frozen_sound_server_ends_in_a_clear_error_not_a_hang(pulse, tmp_path):
+    sock = tmp_path / "kw.sock"
+    daemon = start_daemon(pulse, sock)
+    try:
+        connect(sock, daemon).close()
+        time.sleep(1.0)
+        pulse.server.send_signal(signal.SIGSTOP)  # alive but answering nothing: PortAudio calls block
+        time.sleep(MicSource.STALL_S + 1.0)
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=MicSource.CALL_TIMEOUT_S + 10)
+    finally:
+        pulse.server.send_signal(signal.SIGCONT)
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == 2, err  # non-zero: systemd's Restart=on-failure brings it back
+    assert "kwspot: error: audio system hung" in err and "Traceback" not in err
+    assert not sock.exists()

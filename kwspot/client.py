@@ -1,0 +1,101 @@
+"""``kwspot events``: print the events of a running daemon, one JSON line each."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from kwspot.errors import KwspotError
+from kwspot.sinks.socket import socket_path_candidates
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``kwspot events`` options to ``parser``."""
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=None,
+        help="the daemon's socket (default: $KWSPOT_SOCKET, else $XDG_RUNTIME_DIR/kwspot.sock "
+        "or /tmp/kwspot-$UID.sock, else the system service's /run/kwspot/kwspot.sock)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for the ``events`` subcommand."""
+    return run_events(args.socket)
+
+
+def resolve_socket_path(socket_path: str | os.PathLike[str] | None) -> Path:
+    """The given path, or the first default candidate that exists (else the first candidate)."""
+    if socket_path is not None:
+        return Path(socket_path)
+    candidates = socket_path_candidates()
+    for p in candidates:
+        if p.exists():
+            return p
+    return candidates[0]
+
+
+def connect(path: Path) -> socket.socket:
+    """Connect to the daemon at ``path``; KwspotError with a hint if nobody is there."""
+    hint = f"start it with: kwspot listen --socket {path}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except FileNotFoundError:
+        sock.close()
+        raise KwspotError(f"{path}: no such socket (is the daemon running? {hint})") from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise KwspotError(f"{path}: nobody is listening, a stale socket (the daemon is gone; {hint})") from None
+    except PermissionError:
+        sock.close()
+        raise KwspotError(f"{path}: permission denied (join the socket's group, e.g. kwspot)") from None
+    except OSError as e:
+        sock.close()
+        raise KwspotError(f"{path}: cannot connect: {e.strerror or e}") from None
+    return sock
+
+
+def run_events(socket_path: str | os.PathLike[str] | None = None, out: TextIO | None = None) -> int:
+    """Print every event from the daemon as it arrives, flushing each line.
+
+    Returns 0 on Ctrl-C or when ``out`` is a closed pipe (``| grep -m1 stop``),
+    1 when the daemon closes the connection; raises KwspotError if no daemon
+    can be reached.
+    """
+    out = sys.stdout if out is None else out
+    path = resolve_socket_path(socket_path)
+    try:
+        sock = connect(path)
+        with sock, sock.makefile("rb") as lines:
+            for line in lines:
+                if not line.endswith(b"\n"):
+                    break  # the daemon never sends partial lines; a cut one means it went away
+                out.write(line.decode("utf-8", errors="replace"))
+                out.flush()
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        _silence_stdout(out)
+        return 0
+    except ConnectionResetError:
+        pass
+    print(f"kwspot events: daemon closed the connection ({path})", file=sys.stderr)
+    return 1
+
+
+def _silence_stdout(out: TextIO) -> None:
+    """After EPIPE on stdout, point it at /dev/null so the interpreter's final flush stays quiet."""
+    if out is not sys.stdout:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

@@ -107,10 +107,13 @@ class Readers:
                 self.progress = int(line)
 
     def result(self) -> dict:
-        if self.final is None:
-            out, _ = self.proc.communicate(timeout=60)
-            self.final = json.loads(out.splitlines()[-1])
-        self.proc.wait(timeout=10)
+        # Read through the same text wrapper as wait_until(): communicate() would read the raw pipe
+        # and miss a final line that readline() had already buffered. The reader ends by its timeout.
+        while self.final is None:
+            line = self.proc.stdout.readline()
+            if line.startswith("{") or not line:
+                self.final = json.loads(line) if line else {"counts": [], "last": []}
+        self.proc.wait(timeout=60)
         return self.final
 
 

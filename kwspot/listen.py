@@ -129,6 +129,9 @@ class Listener:
     def __init__(self, request: ListenRequest, settings: Settings) -> None:
         self.request = request
         self.settings = settings
+        self._stop = False
+        self._reload = False
+        self._saved_handlers = self.install_signal_handlers()  # before anything that needs cleaning up
         self.model = load_model(settings)
         detector = Detector(self.model.labels, detector_settings(settings, self.model, request.cli_threshold))
         self.pipeline = Pipeline(self.model, detector, hop_s=settings["detector"]["hop_ms"] / 1000)
@@ -138,8 +141,6 @@ class Listener:
         self.notifier = SystemdNotifier()
         self.events = 0
         self.skipped_samples = 0
-        self._stop = False
-        self._reload = False
         self._last_audio = time.monotonic()
         self._last_ping = 0.0
         self._reported = {"overflows": 0, "dropped": 0, "skipped": 0}
@@ -152,14 +153,13 @@ class Listener:
     def _on_hup(self, signum: int, frame: Any) -> None:
         self._reload = True
 
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
+    def install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT/SIGTERM stop the loop cleanly, SIGHUP reloads; returns the handlers replaced."""
+        handlers = {signal.SIGINT: self._on_stop, signal.SIGTERM: self._on_stop, signal.SIGHUP: self._on_hup}
+        return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
 
     # -- main loop -----------------------------------------------------------
     def run(self) -> int:
-        self.install_signal_handlers()
         log.info("listening on %s with model %s", self.source.description, self.model.path.name)
         self.notifier.ready()
         try:
@@ -266,3 +266,5 @@ class Listener:
         finally:
             for sink in self.sinks:
                 sink.close()
+            for signum, handler in self._saved_handlers.items():
+                signal.signal(signum, handler)

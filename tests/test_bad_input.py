@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import assert_one_line_error, run_kwspot
 
+from conftest import assert_one_line_error, run_kwspot
 from kwspot.model import bundled_model_path, sidecar_path
 
 DATA = Path(__file__).parent / "data"

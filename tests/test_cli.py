@@ -8,8 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile
-from conftest import assert_one_line_error, espeak, kwspot_cmd, run_kwspot, trim, write_stream
 
+from conftest import assert_one_line_error, espeak, kwspot_cmd, run_kwspot, trim, write_stream
 from kwspot import KEYWORDS
 from kwspot.frontend import SAMPLE_RATE, load_audio
 
@@ -133,3 +133,23 @@ def test_listen_on_silence_and_noise_stays_quiet(tmp_path):
     assert result.stdout == ""
 
 
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signals_stop_cleanly(tmp_path, sig):
+    import os
+    import signal
+    import time
+
+    sock = tmp_path / "kw.sock"
+    daemon = subprocess.Popen(kwspot_cmd("listen", "--input", "-", "--socket", str(sock), "--format", "jsonl"),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "KWSPOT_CONFIG": ""})
+    deadline = time.monotonic() + 30
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sock.exists()
+    daemon.send_signal(getattr(signal, sig))
+    _, err = daemon.communicate(timeout=20)
+    assert daemon.returncode == 0, err
+    assert not sock.exists() and "Traceback" not in err and "stopped after" in err

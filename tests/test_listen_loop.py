@@ -221,7 +221,6 @@ def test_sighup_reloads_thresholds_and_refuses_a_bad_config(monkeypatch, tmp_pat
     config.write_text("detector:\n  thresholds: {stop: 0.42}\n")
     listener = make_listener(monkeypatch, FakeSource([hop()] * 3), config_path=str(config))
     config.write_text("detector:\n  thresholds: {stop: 0.55}\n")
-    listener.install_signal_handlers()
     signal.raise_signal(signal.SIGHUP)
     listener.run()
     assert listener.pipeline.detector.threshold("stop") == pytest.approx(0.55)
@@ -231,7 +230,7 @@ def test_sighup_reloads_thresholds_and_refuses_a_bad_config(monkeypatch, tmp_pat
     listener.reload()
     assert any("reload refused" in m for m in kwlog)
     assert listener.pipeline.detector.threshold("stop") == pytest.approx(0.55)  # the old one is kept
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # run() gave the handlers back
 
 
 def test_reload_keeps_an_unchanged_socket_and_swaps_a_changed_one(tmp_path):

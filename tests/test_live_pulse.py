@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import kwspot_cmd, write_stream
 
+from conftest import kwspot_cmd, write_stream
 from kwspot import KEYWORDS
 from kwspot.frontend import load_audio
 from kwspot.sources import MicSource

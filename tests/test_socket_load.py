@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile
 
@@ -48,7 +47,8 @@ def read_all(client: socket.socket, into: list[bytes]) -> None:
 @pytest.mark.slow
 def test_fifty_clients_five_never_reading_and_churn(tmp_path, speech_commands):
     listed = (speech_commands / "testing_list.txt").read_text().split()
-    clips = [load_audio(speech_commands / p) for w in KEYWORDS for p in [q for q in listed if q.startswith(w + "/")][:3]]
+    paths = [p for w in KEYWORDS for p in [q for q in listed if q.startswith(w + "/")][:3]]
+    clips = [load_audio(speech_commands / p) for p in paths]
     write_stream(tmp_path / "s.wav", clips, gap_s=1.2)
     pcm = soundfile.read(tmp_path / "s.wav", dtype="int16")[0].astype("<i2").tobytes()
 

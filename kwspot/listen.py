@@ -25,7 +25,6 @@ from kwspot.model import Model, bundled_model_path
 from kwspot.notify import SystemdNotifier
 from kwspot.pipeline import Pipeline
 from kwspot.sinks import Sink
-from kwspot.sinks.console import ConsoleSink
 from kwspot.sinks.jsonl import JsonlSink
 from kwspot.sinks.socket import SocketSink
 from kwspot.sources import FileSource, MicSource, Source, StdinSource
@@ -91,6 +90,8 @@ def build_sinks(settings: Settings, source: Source) -> list[Sink]:
     sinks: list[Sink] = []
     console = sinks_cfg["console"]
     if console is True or (console == "auto" and sys.stdout.isatty() and not sinks_cfg["jsonl"]):
+        from kwspot.sinks.console import ConsoleSink  # rich only when someone watches
+
         sinks.append(ConsoleSink(source.description))
     if sinks_cfg["jsonl"]:
         sinks.append(JsonlSink())
@@ -187,7 +188,7 @@ class Listener:
             for sink in self.sinks:
                 sink.emit(event)
         for sink in self.sinks:
-            if isinstance(sink, ConsoleSink):
+            if hasattr(sink, "status"):
                 top = int(np.argmax(self.pipeline.last_probs))
                 sink.status(
                     self.pipeline.level_db, self.model.labels[top], float(self.pipeline.last_probs[top]),

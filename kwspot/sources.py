@@ -64,8 +64,8 @@ class FileSource:
     def read(self, timeout: float) -> np.ndarray | None:
         if self._tail_sent:
             return None
-        if self._realtime:
-            due = self._start + self._frames_read / self.rate
+        if self._realtime:  # a block is due when its last sample would have been captured
+            due = self._start + (self._frames_read + self._block) / self.rate
             wait = due - time.monotonic()
             if wait > timeout:
                 time.sleep(timeout)
@@ -135,6 +135,7 @@ class MicSource:
     """
 
     STALL_S = 2.0  # no audio for this long means the stream is dead
+    FIRST_AUDIO_S = 5.0  # a stream just opened may take longer (a sound server starting up)
     FIRST_BACKOFF_S = 1.0
     MAX_BACKOFF_S = 30.0
     CALL_TIMEOUT_S = 5.0
@@ -202,7 +203,7 @@ class MicSource:
                 last_error, self._stream = exc, None
         if self._stream is None:
             raise KwspotError(f"cannot open input device {info['name']!r} at {self.rate} Hz ({last_error})")
-        self._last_audio = time.monotonic()
+        self._last_audio = time.monotonic() + self.FIRST_AUDIO_S - self.STALL_S
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         if status.input_overflow:

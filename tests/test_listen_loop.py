@@ -59,6 +59,7 @@ def fake_sd(monkeypatch):
     monkeypatch.setattr(sources, "resolve_device", lambda device: info)
     monkeypatch.setattr(MicSource, "STALL_S", 0.3)
     monkeypatch.setattr(MicSource, "FIRST_BACKOFF_S", 0.1)
+    monkeypatch.setattr(MicSource, "FIRST_AUDIO_S", 0.3)
     return module
 
 

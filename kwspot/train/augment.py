@@ -1,0 +1,222 @@
+"""Training examples cut the way the stream cuts them, in numpy, one batch at a time.
+
+An epoch is a *plan*: rows of (kind, index, label). A batch is built from its
+rows on the fly, so memory stays one batch of float32 windows whatever the
+size of the data. Kinds:
+
+- ``CLIP``: a word clip (keyword, other word or ``_silence_`` clip) shifted to a
+  random offset, the spoken part kept whole inside the window;
+- ``FRAGMENT``: the first or last 25-55% of a keyword, labelled ``_unknown_``
+  (the stream sees these as a word enters or leaves the window);
+- ``SPEECH``: a second of continuous speech (``--negatives``), ``_unknown_``;
+- ``NOISE``: a second of background noise at a random level, ``_silence_``.
+
+Every non-silence example gets background noise at a random SNR with
+probability ``noise_prob``, then a random gain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kwspot import KEYWORDS, LABELS, SILENCE, UNKNOWN
+from kwspot.frontend import WINDOW_SAMPLES
+from kwspot.train.data import to_float, word_bounds
+
+CLIP, FRAGMENT, SPEECH, NOISE = range(4)
+SILENCE_INDEX = LABELS.index(SILENCE)
+UNKNOWN_INDEX = LABELS.index(UNKNOWN)
+
+
+@dataclass
+class AugmentSettings:
+    noise_prob: float = 0.8
+    snr_db: tuple[float, float] = (0.0, 25.0)
+    gain_db: tuple[float, float] = (-12.0, 6.0)
+    silence_db: tuple[float, float] = (-50.0, 0.0)  # relative to noise at -20 dBFS RMS
+    unknown_ratio: float = 2.0  # _unknown_ examples per epoch, relative to one keyword class
+    silence_ratio: float = 1.0
+    fragments: bool = True
+    shift: bool = True
+
+
+class Sources:
+    """The raw material: int16 clip windows with labels, noise and speech recordings.
+
+    ``extra``: more int16 windows (e.g. espeak-ng words), all ``_unknown_``; their
+    indices follow those of ``clips``, and they are kept apart so that ``clips``
+    can stay a memory map.
+    """
+
+    def __init__(self, clips: np.ndarray, labels: np.ndarray, noise: list[np.ndarray], speech: list[np.ndarray],
+                 extra: np.ndarray | None = None) -> None:
+        self.clips = clips
+        self.extra = np.zeros((0, WINDOW_SAMPLES), np.int16) if extra is None else extra
+        self.n_main = len(clips)
+        self.labels = np.concatenate((np.asarray(labels, dtype=np.int64), np.full(len(self.extra), UNKNOWN_INDEX)))
+        self.noise = noise
+        self.speech = speech
+        bounds = [word_bounds(to_float(c)) for c in clips] + [word_bounds(to_float(c)) for c in self.extra]
+        self.bounds = np.array(bounds, dtype=np.int64).reshape(len(self.labels), 2)
+
+    def clip(self, index: int) -> np.ndarray:
+        return to_float(self.clips[index] if index < self.n_main else self.extra[index - self.n_main])
+
+
+def epoch_plan(src: Sources, settings: AugmentSettings, rng: np.random.Generator) -> np.ndarray:
+    """Rows of (kind, index, label) for one epoch: classes balanced, shuffled."""
+    rows: list[np.ndarray] = []
+    keyword_ids = [LABELS.index(k) for k in KEYWORDS]
+    per_class = [np.flatnonzero(src.labels == k) for k in keyword_ids]
+    target = max((len(ix) for ix in per_class), default=0)
+    for k, ix in zip(keyword_ids, per_class, strict=True):
+        if len(ix):
+            rows.append(_rows(CLIP, _fill(ix, target, rng), k))
+    n_unknown = int(settings.unknown_ratio * target)
+    unknown = np.flatnonzero(src.labels == UNKNOWN_INDEX)
+    words, tts = unknown[unknown < src.n_main], unknown[unknown >= src.n_main]
+    keywords = np.flatnonzero(np.isin(src.labels, keyword_ids))
+    shares = {CLIP: 0.3 if len(words) else 0.0, FRAGMENT: 0.3 if settings.fragments else 0.0}
+    shares[SPEECH] = 0.4 if src.speech else 0.0
+    shares[-1] = 0.15 if len(tts) else 0.0
+    total = sum(shares.values()) or 1.0
+    if shares[CLIP]:
+        rows.append(_rows(CLIP, _fill(words, int(n_unknown * shares[CLIP] / total), rng), UNKNOWN_INDEX))
+    if shares[-1]:
+        rows.append(_rows(CLIP, _fill(tts, int(n_unknown * shares[-1] / total), rng), UNKNOWN_INDEX))
+    if shares[FRAGMENT] and len(keywords):
+        rows.append(_rows(FRAGMENT, rng.choice(keywords, int(n_unknown * shares[FRAGMENT] / total)), UNKNOWN_INDEX))
+    if shares[SPEECH]:
+        rows.append(_rows(SPEECH, rng.integers(0, 1 << 30, int(n_unknown * shares[SPEECH] / total)), UNKNOWN_INDEX))
+    n_silence = int(settings.silence_ratio * target)
+    silence_clips = np.flatnonzero(src.labels == SILENCE_INDEX)
+    n_clips = min(len(silence_clips), n_silence // 2) if src.noise else n_silence
+    if len(silence_clips):
+        rows.append(_rows(CLIP, _fill(silence_clips, n_clips, rng), SILENCE_INDEX))
+    if src.noise:
+        rows.append(_rows(NOISE, rng.integers(0, 1 << 30, n_silence - n_clips), SILENCE_INDEX))
+    plan = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
+    return plan[rng.permutation(len(plan))]
+
+
+def _fill(ix: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """All of ``ix`` (as far as ``n`` allows), topped up at random to ``n``."""
+    if len(ix) == 0 or n <= 0:
+        return np.zeros(0, np.int64)
+    reps = np.tile(ix, n // len(ix))
+    return np.concatenate((reps, rng.choice(ix, n - len(reps), replace=False)))
+
+
+def _rows(kind: int, index: np.ndarray, label: int) -> np.ndarray:
+    index = np.asarray(index, dtype=np.int64)
+    return np.stack((np.full(len(index), kind), index, np.full(len(index), label)), axis=1)
+
+
+def make_batch(
+    src: Sources, plan: np.ndarray, settings: AugmentSettings, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Waveforms (n, 8000) float32 and integer labels for some rows of a plan."""
+    x = np.zeros((len(plan), WINDOW_SAMPLES), np.float32)
+    for i, (kind, index, label) in enumerate(plan):
+        x[i] = example(src, int(kind), int(index), int(label), settings, rng)
+    return x, plan[:, 2].astype(np.int64)
+
+
+def example(
+    src: Sources, kind: int, index: int, label: int, settings: AugmentSettings, rng: np.random.Generator
+) -> np.ndarray:
+    """One augmented window."""
+    if kind == NOISE:
+        return _noise_window(src, rng) * _db(rng.uniform(*settings.silence_db)) if rng.random() > 0.03 else _zeros()
+    if kind == SPEECH:
+        audio = src.speech[index % len(src.speech)]
+        start = rng.integers(0, len(audio) - WINDOW_SAMPLES + 1)
+        x = audio[start : start + WINDOW_SAMPLES].copy()
+        x *= 0.1 / max(_rms(x), 1e-4)
+        active = x
+    else:
+        clip = src.clip(index)
+        s, e = (int(v) for v in src.bounds[index])
+        if kind == FRAGMENT:
+            x, active = _fragment(clip[s:e], rng)
+        elif label == SILENCE_INDEX:
+            return clip * _db(rng.uniform(*settings.gain_db))
+        else:
+            x = _shift(clip, int(rng.integers(-s, WINDOW_SAMPLES - e + 1))) if settings.shift else clip
+            active = clip[s:e]
+    if src.noise and rng.random() < settings.noise_prob:
+        noise = _noise_window(src, rng)
+        snr = rng.uniform(*settings.snr_db)
+        x = x + noise * (_rms(active) / max(_rms(noise), 1e-6) * _db(-snr))
+    x = x * _db(rng.uniform(*settings.gain_db))
+    return np.clip(x, -1.0, 1.0).astype(np.float32)
+
+
+def _fragment(word: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n = max(80, int(len(word) * rng.uniform(0.25, 0.55)))
+    head = rng.random() < 0.5
+    piece = word[:n] if head else word[-n:]
+    if rng.random() < 0.5:  # at the window's edge, as the stream sees a word entering or leaving
+        where = WINDOW_SAMPLES - len(piece) if head else 0
+    else:
+        where = rng.integers(0, WINDOW_SAMPLES - len(piece) + 1)
+    return _place(piece, where), piece
+
+
+def _place(piece: np.ndarray, where: int) -> np.ndarray:
+    x = np.zeros(WINDOW_SAMPLES, np.float32)
+    piece = piece[:WINDOW_SAMPLES]
+    where = int(min(max(where, 0), WINDOW_SAMPLES - len(piece)))
+    x[where : where + len(piece)] = piece
+    return x
+
+
+def _shift(clip: np.ndarray, by: int) -> np.ndarray:
+    """The whole clip moved by ``by`` samples (zeros where it leaves the window), as a stream window cuts it."""
+    x = np.zeros(WINDOW_SAMPLES, np.float32)
+    if by >= 0:
+        x[by:] = clip[: WINDOW_SAMPLES - by]
+    else:
+        x[:by] = clip[-by:]
+    return x
+
+
+def _noise_window(src: Sources, rng: np.random.Generator) -> np.ndarray:
+    audio = src.noise[rng.integers(0, len(src.noise))]
+    start = rng.integers(0, len(audio) - WINDOW_SAMPLES + 1)
+    x = audio[start : start + WINDOW_SAMPLES].astype(np.float32)
+    return x / max(_rms(x), 1e-6) * 0.1
+
+
+def _zeros() -> np.ndarray:
+    return np.zeros(WINDOW_SAMPLES, np.float32)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
+
+
+def _db(db: float) -> float:
+    return float(10.0 ** (db / 20.0))
+
+
+def fixed_set(src: Sources, settings: AugmentSettings, seed: int, n_speech: int = 300, n_noise: int = 100,
+              fragment_share: float = 0.2, max_clips: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed held-out set: the clips (``max_clips`` at most; shifted, some noisy), fragments, speech, noise."""
+    rng = np.random.default_rng(seed)
+    keyword_ids = [LABELS.index(k) for k in KEYWORDS]
+    keywords = np.flatnonzero(np.isin(src.labels, keyword_ids))
+    chosen = np.arange(len(src.labels))
+    if len(chosen) > max_clips:
+        chosen = np.sort(rng.permutation(len(chosen))[:max_clips])
+    rows = [_rows(CLIP, chosen[src.labels[chosen] == k], k) for k in range(len(LABELS))]
+    if settings.fragments and len(keywords):
+        rows.append(_rows(FRAGMENT, rng.choice(keywords, int(fragment_share * len(keywords))), UNKNOWN_INDEX))
+    if src.speech:
+        rows.append(_rows(SPEECH, rng.integers(0, 1 << 30, n_speech), UNKNOWN_INDEX))
+    if src.noise:
+        rows.append(_rows(NOISE, rng.integers(0, 1 << 30, n_noise), SILENCE_INDEX))
+    plan = np.concatenate(rows)
+    return make_batch(src, plan, settings, rng)

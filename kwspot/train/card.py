@@ -1,0 +1,69 @@
+"""The model card: what a model was trained on, how, and how well it does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kwspot import LABELS
+
+
+def write_card(path: Path, meta: dict[str, Any], metrics: dict[str, dict[str, Any]], host: str = "") -> None:
+    """Write a Markdown model card next to the model."""
+    t = meta["training"]
+    lines = [
+        f"# Model card: {path.stem} ({meta['arch']})",
+        "",
+        f"Trained {meta['trained']} by `kwspot train` on `{t['data']}`"
+        + (f" with negatives from {', '.join(f'`{n}`' for n in t['negatives'])}" if t.get("negatives") else "")
+        + ".",
+        "",
+        "## Classes",
+        "",
+        ", ".join(f"`{label}`" for label in LABELS),
+        "",
+        "## Data (clips per class and split; speaker-disjoint lists, `_silence_` clips split by hash)",
+        "",
+        "| split | " + " | ".join(LABELS) + " | total |",
+        "|---" * (len(LABELS) + 2) + "|",
+    ]
+    for split, counts in meta["data_counts"].items():
+        lines.append(f"| {split} | " + " | ".join(str(counts[x]) for x in LABELS) + f" | {sum(counts.values())} |")
+    e = meta["export"]
+    lines += [
+        "",
+        "## Model",
+        "",
+        f"- architecture `{meta['arch']}`, {meta['params']:,} parameters, "
+        f"{meta['macs']['total'] / 1e6:.2f} M multiply-accumulates per window "
+        f"(network {meta['macs']['network'] / 1e6:.2f} M, front end {meta['macs']['front_end'] / 1e6:.2f} M)",
+        f"- LiteRT {e['format']}, {e['bytes']:,} bytes, {e['ms_per_window']} ms per window "
+        f"(median, 1 thread{', ' + host if host else ''})",
+        f"- validation accuracy (fixed augmented validation set): float32 {e['val_accuracy_float32']}, "
+        f"quantised {e['val_accuracy_quantised']}",
+        "",
+        "## Clip accuracy (LiteRT model)",
+        "",
+        "| split | clips | 12-way | 10-way | balanced |",
+        "|---|---|---|---|---|",
+    ]
+    for split, m in metrics.items():
+        lines.append(f"| {split} | {m['n']} | {m['accuracy_12']:.4f} | {m['accuracy_10']:.4f} | "
+                     f"{m['balanced_accuracy']:.4f} |")
+    if "testing" in metrics:
+        lines += ["", "Per class on the testing list:", "", "| class | precision | recall | clips |",
+                  "|---|---|---|---|"]
+        for label, row in metrics["testing"]["per_class"].items():
+            lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['support']} |")
+    lines += [
+        "",
+        "## Training settings",
+        "",
+        f"epochs run {t.get('epochs_run')} of {t['epochs']} (best epoch {t.get('epoch')}, val accuracy "
+        f"{t.get('val_accuracy', 0):.4f}), batch {t['batch']}, Adam, peak lr {t['lr']} with cosine decay, seed "
+        f"{t['seed']}, noise probability {t['noise_prob']}, unknown ratio {t['unknown_ratio']}, keyword fragments "
+        f"{'off' if t['no_fragments'] else 'on'}, SpecAugment {'on' if t.get('specaugment') else 'off'}, espeak-ng "
+        f"negatives {'on' if t.get('espeak_negatives') else 'off'}, {t.get('minutes')} minutes.",
+        "",
+    ]
+    path.write_text("\n".join(lines))

@@ -1,0 +1,127 @@
+"""``kwspot train``: data folder in, LiteRT model + sidecar + model card + epoch log out."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from kwspot import LABELS
+from kwspot.errors import KwspotError
+from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
+from kwspot.train.data import Dataset, clip_windows, load_long, scan, speech_files
+from kwspot.train.loop import LoopSettings
+
+ARCH_DEFAULTS = {"default": {"batch": 64, "lr": 2e-3}, "workshop": {"batch": 32, "lr": 1e-3}}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="Speech Commands layout folder (WAV or FLAC)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output stem, e.g. models/mine -> mine.tflite/.json/.md/.csv")
+    parser.add_argument("--arch", default="default", choices=("default", "workshop"))
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 64; workshop 32)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate, cosine decay")
+    parser.add_argument("--patience", type=int, default=15,
+                        help="early stopping: epochs without a better validation accuracy")
+    parser.add_argument("--negatives", action="append", type=Path, default=[], metavar="DIR",
+                        help="continuous speech without the keywords (repeatable); its windows become _unknown_")
+    parser.add_argument("--espeak-negatives", action="store_true",
+                        help="add other words (many near misses) spoken by espeak-ng as _unknown_")
+    parser.add_argument("--no-fragments", action="store_true", help="do not train on keyword halves as _unknown_")
+    parser.add_argument("--specaugment", action="store_true", help="mask log-mel bands and frames while training")
+    parser.add_argument("--noise-prob", type=float, default=0.8, help="share of examples mixed with background noise")
+    parser.add_argument("--unknown-ratio", type=float, default=2.0,
+                        help="_unknown_ examples per epoch, relative to one keyword class")
+    parser.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this wall clock")
+    parser.add_argument("--cache", type=Path, default=None, help="decoded-audio cache (default ~/.cache/kwspot)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kwspot.train import require_tensorflow
+
+    data = scan(args.data)  # bad input fails fast, before TensorFlow loads
+    if not data.clips["train"]:
+        raise KwspotError(f"{args.data}: no training clips (everything is in the validation or testing list)")
+    for folder in args.negatives:
+        speech_files(folder)
+    require_tensorflow()
+    from kwspot.train import export, loop, models
+
+    console = Console(stderr=True)
+    arch = ARCH_DEFAULTS[args.arch]
+    aug = AugmentSettings(noise_prob=args.noise_prob, unknown_ratio=args.unknown_ratio,
+                          fragments=not args.no_fragments)
+    settings = LoopSettings(epochs=args.epochs, batch=args.batch or arch["batch"], lr=args.lr or arch["lr"],
+                            patience=args.patience, seed=args.seed, max_minutes=args.max_minutes)
+    console.print(f"[bold]{args.data}[/]: " + ", ".join(f"{s} {len(data.clips[s])}" for s in data.clips))
+    train_src = _sources(data, "train", args, console)
+    if args.espeak_negatives:
+        from kwspot.train.espeak import espeak_clips
+
+        extra = espeak_clips(seed=args.seed)
+        train_src = Sources(train_src.clips, train_src.labels, train_src.noise, train_src.speech, extra)
+        console.print(f"espeak-ng negatives: {len(extra)} clips")
+    val_src = _sources(data, "validation", args, console)
+    val = fixed_set(val_src, AugmentSettings(noise_prob=0.5, snr_db=(5.0, 20.0), gain_db=(-6.0, 6.0),
+                                             fragments=aug.fragments), seed=1234)
+    console.print(f"validation set: {len(val[1])} windows; speech files {len(train_src.speech)} train, "
+                  f"{len(val_src.speech)} validation")
+
+    model = models.build(args.arch, seed=args.seed, specaugment=args.specaugment)
+    rng = np.random.default_rng(args.seed + 1)
+    plan = epoch_plan(train_src, aug, rng)[:2048]
+    models.set_normalisation(model, [make_batch(train_src, plan[i : i + 256], aug, rng)[0]
+                                     for i in range(0, len(plan), 256)])
+    out: Path = args.out
+    best = loop.train(model, train_src, val, aug, settings, out.with_suffix(".csv"), console)
+    macs = models.count_macs(model)
+    meta: dict[str, Any] = {
+        "arch": args.arch,
+        "params": int(model.count_params()),
+        "macs": macs,
+        "trained": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "training": {**vars(args), "batch": settings.batch, "lr": settings.lr, **best},
+        "data_counts": {s: data.counts(s) for s in data.clips},
+    }
+    meta["training"] = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, list) else v)
+                        for k, v in meta["training"].items() if k != "func"}
+    info = export.export(model, out, val[0], val[1], meta)
+    console.print(f"wrote {out.with_suffix('.tflite')} ({info['format']}, {info['bytes']} bytes, "
+                  f"{info['ms_per_window']} ms/window)")
+    from kwspot.evaluate import clip_report
+    from kwspot.model import Model
+    from kwspot.train.card import write_card
+
+    lite = Model(out.with_suffix(".tflite"))
+    metrics = {split: clip_report(lite, data, split, args.cache) for split in ("validation", "testing")
+               if data.clips[split]}
+    for split, m in metrics.items():
+        console.print(f"{split}: 12-way {m['accuracy_12']:.4f}  10-way {m['accuracy_10']:.4f}  "
+                      f"balanced {m['balanced_accuracy']:.4f}  ({m['n']} clips)")
+    meta["export"] = info
+    meta["clip_metrics"] = {s: {k: m[k] for k in ("n", "accuracy_12", "accuracy_10", "balanced_accuracy")}
+                            for s, m in metrics.items()}
+    sidecar = {"labels": list(LABELS), "sample_rate": 8000, "window_samples": 8000, "thresholds": {}, **meta}
+    export.write_sidecar(out.with_suffix(".tflite"), sidecar)
+    write_card(out.with_suffix(".md"), sidecar, metrics, host=platform.processor() or platform.machine())
+    console.print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.csv')}")
+    return 0
+
+
+def _sources(data: Dataset, split: str, args: argparse.Namespace, console: Console) -> Sources:
+    clips = data.clips[split]
+    windows = clip_windows([c.path for c in clips], args.cache, progress=True)
+    labels = np.array([c.label_index for c in clips], dtype=np.int64)
+    noise = load_long(data.noise_files, "train" if split == "train" else "eval")
+    speech: list[np.ndarray] = []
+    for folder in args.negatives:
+        speech += load_long(speech_files(folder, split), "all")
+    return Sources(windows, labels, noise, speech)

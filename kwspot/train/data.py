@@ -1,0 +1,213 @@
+"""A Speech Commands folder: its clips, its speaker-disjoint splits, and a bounded audio cache.
+
+Numpy only (no TensorFlow): ``kwspot evaluate`` uses it too. Every clip is
+read through :func:`kwspot.frontend.load_audio`, the daemon's own front end,
+and kept as one 8 kHz second of int16 in a memory-mapped ``.npy`` cache on
+disk, so that a 105,000-clip download costs disk (1.7 GB), not memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kwspot import KEYWORDS, LABELS, SILENCE, UNKNOWN
+from kwspot.errors import KwspotError
+from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, fit_window, load_audio
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+NOISE_DIR = "_background_noise_"
+SPLITS = ("train", "validation", "testing")
+NOISE_TRAIN_FRACTION = 0.8  # the first 80% of each noise recording trains; the rest is for evaluation streams
+MAX_PERCENTAGE = 2**27 - 1
+
+
+def which_set(name: str, validation_pct: float = 10.0, testing_pct: float = 10.0) -> str:
+    """The dataset's own stable hash split, for files that no list names (``_silence_``, speech)."""
+    base = re.sub(r"_nohash_.*$", "", Path(name).name)
+    digest = int(hashlib.sha1(base.encode()).hexdigest(), 16)
+    pct = (digest % (MAX_PERCENTAGE + 1)) * (100.0 / MAX_PERCENTAGE)
+    if pct < validation_pct:
+        return "validation"
+    if pct < validation_pct + testing_pct:
+        return "testing"
+    return "train"
+
+
+def audio_files(folder: Path) -> list[Path]:
+    """WAV and FLAC files directly under ``folder``, sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def speech_files(folder: str | Path, split: str | None = None) -> list[Path]:
+    """Continuous-speech files (e.g. librispeech_negatives), split by speaker: 70/10/20."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KwspotError(f"{folder}: no such folder of negative speech")
+    files = audio_files(folder)
+    if not files:
+        raise KwspotError(f"{folder}: holds no WAV or FLAC files")
+    if split is None:
+        return files
+    return [f for f in files if which_set(f.name.split("-")[0] + "_nohash_", 10.0, 20.0) == split]
+
+
+@dataclass
+class Clip:
+    path: Path
+    word: str  # the folder name
+    label: str  # one of LABELS
+
+    @property
+    def label_index(self) -> int:
+        return LABELS.index(self.label)
+
+
+@dataclass
+class Dataset:
+    """The clips of a Speech Commands folder, by split, plus its noise recordings."""
+
+    root: Path
+    clips: dict[str, list[Clip]] = field(default_factory=dict)
+    noise_files: list[Path] = field(default_factory=list)
+
+    def counts(self, split: str) -> dict[str, int]:
+        counts = dict.fromkeys(LABELS, 0)
+        for clip in self.clips[split]:
+            counts[clip.label] += 1
+        return counts
+
+
+def _read_list(root: Path, name: str | Path) -> set[str]:
+    path = Path(name) if Path(name).is_absolute() else root / name
+    if not path.is_file():
+        return set()
+    return {Path(line.strip()).with_suffix("").as_posix() for line in path.read_text().splitlines() if line.strip()}
+
+
+def label_of(word: str) -> str:
+    if word == SILENCE:
+        return SILENCE
+    return word if word in KEYWORDS else UNKNOWN
+
+
+def scan(root: str | Path, testing_list: str | Path = "testing_list.txt") -> Dataset:
+    """Index a Speech Commands folder (WAV or FLAC, any rate) into train/validation/testing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise KwspotError(f"{root}: no such data folder")
+    validation = _read_list(root, "validation_list.txt")
+    testing = _read_list(root, testing_list)
+    if Path(testing_list).name != "testing_list.txt" and not testing:
+        raise KwspotError(f"{testing_list}: list missing or empty")
+    data = Dataset(root, {split: [] for split in SPLITS})
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name == NOISE_DIR:
+            data.noise_files = audio_files(folder)
+            continue
+        if folder.name.startswith(".") or (folder.name.startswith("_") and folder.name != SILENCE):
+            continue
+        for path in audio_files(folder):
+            key = f"{folder.name}/{path.stem}"
+            if folder.name == SILENCE:
+                split = which_set(path.name)
+            else:
+                split = "validation" if key in validation else "testing" if key in testing else "train"
+            data.clips[split].append(Clip(path, folder.name, label_of(folder.name)))
+    if not any(data.clips.values()):
+        raise KwspotError(f"{root}: no WAV or FLAC clips in word folders (Speech Commands layout expected)")
+    missing = [kw for kw in KEYWORDS if not any(c.word == kw for s in SPLITS for c in data.clips[s])]
+    if len(missing) == len(KEYWORDS):
+        raise KwspotError(f"{root}: none of the ten keyword folders ({', '.join(KEYWORDS)}) found")
+    return data
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("KWSPOT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "kwspot")
+    return Path(base).expanduser()
+
+
+def _key(paths: list[Path]) -> str:
+    h = hashlib.sha1()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def clip_windows(paths: list[Path], cache: Path | None = None, progress: bool = False) -> np.ndarray:
+    """One int16 second per clip (short clips padded centred), memory-mapped from a disk cache."""
+    if not paths:
+        return np.zeros((0, WINDOW_SAMPLES), np.int16)
+    folder = cache or cache_dir()
+    target = folder / f"clips-{_key(paths)}.npy"
+    if target.is_file():
+        return np.load(target, mmap_mode="r")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(len(paths), WINDOW_SAMPLES))
+    for i, path in enumerate(_progress(paths, "decoding clips", progress)):
+        out[i] = to_int16(fit_window(load_audio(path)))
+    out.flush()
+    del out
+    os.replace(tmp, target)
+    return np.load(target, mmap_mode="r")
+
+
+def _progress(items: list[Path], what: str, show: bool):
+    if not show:
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description=what)
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(np.asarray(audio) * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def to_float(audio: np.ndarray) -> np.ndarray:
+    return np.asarray(audio, dtype=np.float32) / 32767.0
+
+
+def load_long(paths: list[Path], part: str = "all") -> list[np.ndarray]:
+    """Long recordings (noise, speech) as float32 8 kHz; ``part`` is "train", "eval" or "all" of each."""
+    out = []
+    for path in paths:
+        audio = load_audio(path)
+        cut = int(len(audio) * NOISE_TRAIN_FRACTION)
+        if part == "train":
+            audio = audio[:cut]
+        elif part == "eval":
+            audio = audio[cut:]
+        if len(audio) >= WINDOW_SAMPLES:
+            out.append(audio)
+    return out
+
+
+def word_bounds(window: np.ndarray, frame: int = 160, rel_db: float = 30.0, floor_db: float = 8.0) -> tuple[int, int]:
+    """Sample range [start, end) of the spoken word in a clip.
+
+    Frames within ``rel_db`` of the loudest and ``floor_db`` above the clip's own
+    noise floor (10th percentile of its non-silent frames) count as the word.
+    """
+    x = np.asarray(window, dtype=np.float32)
+    n = len(x) // frame
+    if n == 0:
+        return 0, len(x)
+    energy = np.sqrt(np.mean(x[: n * frame].reshape(n, frame) ** 2, axis=1)) + 1e-7
+    level = 20 * np.log10(energy)
+    sounding = level[level > -100]
+    floor = float(np.percentile(sounding, 10)) if len(sounding) else -140.0
+    active = np.flatnonzero(level > max(level.max() - rel_db, min(floor + floor_db, level.max() - 3)))
+    return int(active[0] * frame), int(min(len(x), (active[-1] + 1) * frame))
+
+
+def seconds(n: int) -> float:
+    return n / SAMPLE_RATE

@@ -1,0 +1,73 @@
+"""Other words spoken by ``espeak-ng``, as extra ``_unknown_`` clips (``kwspot train --espeak-negatives``).
+
+Many are near misses of the keywords (``yet``, ``know``, ``cup``, ``town``,
+``lift``, ``write``, ``own``, ``of``, ``top``, ``goal``): the words a
+spotter must learn to let pass. Each word is spoken by several voices at
+several speeds and pitches; the clips are cached on disk as int16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kwspot.errors import KwspotError
+from kwspot.frontend import fit_window, load_audio
+from kwspot.train.data import cache_dir, to_int16
+
+NEAR_MISSES = (
+    "yet yeah yell yep chess guess less mess says "
+    "know now snow nose note oh go-ahead nah "
+    "cup pup us but hup op "
+    "town brown gown dawn done dun clown round "
+    "lift loft laughed lived leaf let's lest "
+    "write ride bright fight light night white rite "
+    "own an in one won gone con don "
+    "of often oft awful "
+    "top stock step stuff stab spot shop "
+    "goal though show low slow ghost grow "
+).split()
+OTHER_WORDS = (
+    "the a and to it that this was for with as his they at be from have or by not what all were when we "
+    "there can your which their said if do will each about how many then them these some her would make "
+    "like him into time has look two more see number way could people my than first water been call who "
+    "find long day did get come made may part over new sound take only little work place year back give "
+    "most very after thing our just name good sentence man think say great where help through much before "
+    "line too mean old any same tell boy follow came want also around form three small set put end does "
+    "another well large must big even such because turn here why ask went men read need land different "
+    "home move try kind hand picture again change play spell air away animal house point page letter mother "
+    "answer found study still learn should america world seven eight nine zero happy marvin sheila bird cat "
+    "dog bed tree wow visual forward backward"
+).split()
+VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-scotland+f2", "en-029+m3", "en-gb-x-rp+f4")
+
+
+def espeak_clips(words: tuple[str, ...] | list[str] | None = None, seed: int = 0) -> np.ndarray:
+    """Int16 one-second windows of ``words`` (default: near misses and common words), several voices each."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise KwspotError("--espeak-negatives needs espeak-ng on PATH (apt-get install espeak-ng)")
+    words = list(words or (*NEAR_MISSES, *OTHER_WORDS))
+    rng = np.random.default_rng(seed)
+    jobs = [(w, v, int(rng.integers(110, 200)), int(rng.integers(25, 75))) for w in words for v in VOICES]
+    key = hashlib.sha1(repr(jobs).encode()).hexdigest()[:16]
+    target = cache_dir() / f"espeak-{key}.npy"
+    if target.is_file():
+        return np.load(target)
+    out = np.zeros((len(jobs), 8000), np.int16)
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "w.wav"
+        for i, (word, voice, speed, pitch) in enumerate(jobs):
+            subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav),
+                            word.replace("-", " ")], check=True, capture_output=True)
+            audio = load_audio(wav)
+            peak = float(np.max(np.abs(audio))) or 1.0
+            out[i] = to_int16(fit_window(audio / peak * 0.5))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.save(target, out)
+    return out

@@ -1,0 +1,102 @@
+"""Export a trained Keras model to LiteRT (float32, or dynamic-range when it keeps accuracy) with its sidecar."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kwspot import LABELS
+from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
+from kwspot.train import require_tensorflow
+
+QUANT_TOLERANCE = 0.003  # keep the quantised model when it loses at most 0.3 points of accuracy
+
+
+def convert(model: Any, quantise: bool) -> bytes:
+    """LiteRT flatbuffer of ``model``; ``quantise`` = dynamic-range int8 weights (front end stays float)."""
+    tf = require_tensorflow()
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantise:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its whole signature
+        return converter.convert()
+
+
+def litert_predict(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
+    """Run a flatbuffer over (n, samples) windows with the LiteRT interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=flatbuffer, num_threads=1)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    rows = []
+    for window in x:
+        interp.set_tensor(inp["index"], window.reshape(1, -1).astype(np.float32))
+        interp.invoke()
+        rows.append(interp.get_tensor(out["index"])[0].copy())
+    return np.array(rows, dtype=np.float32)
+
+
+def ms_per_window(path: Path, repeats: int = 300) -> float:
+    """Median LiteRT inference time of one window, single thread, through the daemon's Model."""
+    from kwspot.model import Model
+
+    model = Model(path, threads=1)
+    window = np.random.default_rng(0).normal(0, 0.1, WINDOW_SAMPLES).astype(np.float32)
+    for _ in range(20):
+        model.predict(window)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.predict(window)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def export(model: Any, out: Path, x_val: np.ndarray, y_val: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write ``out``.tflite and ``out``.json; returns what was chosen and why."""
+    plain = convert(model, quantise=False)
+    acc_plain = float(np.mean(np.argmax(litert_predict(plain, x_val), 1) == y_val))
+    chosen, kind, acc_quant = plain, "float32", None
+    try:
+        quant = convert(model, quantise=True)
+        acc_quant = float(np.mean(np.argmax(litert_predict(quant, x_val), 1) == y_val))
+        if acc_quant >= acc_plain - QUANT_TOLERANCE and len(quant) < len(plain):
+            chosen, kind = quant, "dynamic-range int8 weights, float32 front end"
+    except Exception as exc:  # noqa: BLE001 - quantisation is optional
+        meta.setdefault("notes", []).append(f"quantisation failed: {exc}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tflite = out.with_suffix(".tflite")
+    tflite.write_bytes(chosen)
+    info = {
+        "format": kind,
+        "bytes": len(chosen),
+        "val_accuracy_float32": round(acc_plain, 4),
+        "val_accuracy_quantised": None if acc_quant is None else round(acc_quant, 4),
+    }
+    sidecar = {"labels": list(LABELS), "sample_rate": SAMPLE_RATE, "window_samples": WINDOW_SAMPLES,
+               "thresholds": {}, **meta, "export": info}
+    write_sidecar(tflite, sidecar)
+    info["ms_per_window"] = round(ms_per_window(tflite), 3)
+    sidecar["export"] = info
+    write_sidecar(tflite, sidecar)
+    return info
+
+
+def write_sidecar(tflite: Path, sidecar: dict[str, Any]) -> None:
+    path = tflite.with_suffix(".json")
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fh:
+        json.dump(sidecar, fh, indent=2)
+        fh.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(fh.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; the daemon may run as another user
+    Path(fh.name).replace(path)

@@ -1,0 +1,117 @@
+"""The training loop: balanced epochs built on the fly, rich progress, early stopping, CSV log."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kwspot.train import require_tensorflow
+from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, make_batch
+
+
+@dataclass
+class LoopSettings:
+    epochs: int = 40
+    batch: int = 64
+    lr: float = 2e-3
+    patience: int = 15
+    seed: int = 0
+    max_minutes: float = 0.0  # stop after this much wall clock (0: no limit)
+
+
+def train(
+    model: Any,
+    src: Sources,
+    val: tuple[np.ndarray, np.ndarray],
+    aug: AugmentSettings,
+    loop: LoopSettings,
+    log_path: Path,
+    console: Console,
+) -> dict[str, Any]:
+    """Fit ``model`` in place, keeping the weights of the best validation epoch."""
+    tf = require_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(loop.seed)
+    tf.config.experimental.enable_op_determinism()
+    model.compile(optimizer=keras.optimizers.Adam(loop.lr), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(loop.seed)
+    best: dict[str, Any] = {"val_accuracy": -1.0, "epoch": 0}
+    best_weights = model.get_weights()
+    stale = 0
+    started = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"])
+        for epoch in range(1, loop.epochs + 1):
+            t0 = time.monotonic()
+            lr = loop.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / loop.epochs))
+            model.optimizer.learning_rate.assign(lr)
+            loss, acc = _epoch(model, src, aug, loop, rng, epoch, console)
+            val_loss, val_acc = evaluate_arrays(model, *val)
+            seconds = time.monotonic() - t0
+            writer.writerow([epoch, f"{lr:.6g}", f"{loss:.4f}", f"{acc:.4f}", f"{val_loss:.4f}", f"{val_acc:.4f}",
+                             f"{seconds:.1f}"])
+            fh.flush()
+            mark = ""
+            if val_acc > best["val_accuracy"]:
+                best = {"val_accuracy": val_acc, "val_loss": val_loss, "epoch": epoch}
+                best_weights = model.get_weights()
+                stale, mark = 0, " [green]best[/]"
+            else:
+                stale += 1
+            console.print(f"epoch {epoch:3d}  loss {loss:.4f}  acc {acc:.4f}  val_loss {val_loss:.4f}  "
+                          f"val_acc {val_acc:.4f}  {seconds:.0f}s{mark}")
+            if stale >= loop.patience:
+                console.print(f"early stop: no better validation accuracy for {loop.patience} epochs")
+                break
+            if loop.max_minutes and time.monotonic() - started > loop.max_minutes * 60:
+                console.print(f"stopping: time limit of {loop.max_minutes:g} minutes reached")
+                break
+    model.set_weights(best_weights)
+    best["epochs_run"] = epoch
+    best["minutes"] = round((time.monotonic() - started) / 60, 1)
+    return best
+
+
+def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, rng: np.random.Generator,
+           epoch: int, console: Console) -> tuple[float, float]:
+    plan = epoch_plan(src, aug, rng)
+    steps = math.ceil(len(plan) / loop.batch)
+    losses, correct = [], 0
+    columns = (TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("train", total=steps, info="")
+        for step in range(steps):
+            rows = plan[step * loop.batch : (step + 1) * loop.batch]
+            x, y = make_batch(src, rows, aug, rng)
+            loss = float(np.asarray(model.train_on_batch(x, y)).ravel()[0])
+            losses.append(loss)
+            if step % 20 == 0:
+                correct += int((np.argmax(model.predict_on_batch(x), axis=1) == y).sum())
+            progress.update(task, advance=1, info=f"loss {np.mean(losses[-50:]):.3f}")
+    sampled = sum(len(plan[s * loop.batch : (s + 1) * loop.batch]) for s in range(0, steps, 20))
+    return float(np.mean(losses)), correct / max(sampled, 1)
+
+
+def predict_arrays(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Keras probabilities for a (n, samples) array."""
+    out = [np.asarray(model.predict_on_batch(x[i : i + batch])) for i in range(0, len(x), batch)]
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def evaluate_arrays(model: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy."""
+    probs = predict_arrays(model, x)
+    loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y)), y], 1e-7))))
+    return loss, float(np.mean(np.argmax(probs, axis=1) == y))

@@ -1,0 +1,168 @@
+"""The architectures: ``workshop`` (the reference) and ``default`` (log-mel + residual Conv1D).
+
+Both take the raw 8 kHz window, float32 (batch, 8000), as the daemon feeds
+it; the default model carries its own log-mel front end, built from ops
+that LiteRT runs natively (STFT as RFFT2D, a mel matrix, log).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kwspot import LABELS
+from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
+from kwspot.train import require_tensorflow
+
+ARCHS = ("default", "workshop")
+FRAME, HOP, FFT, MELS = 256, 80, 256, 40
+MEL_CHUNK = 7  # 129 x 7 = 903 < 1024 weights: dynamic-range quantisation leaves the front end in float32
+FRAMES = 1 + (WINDOW_SAMPLES - FRAME) // HOP
+
+
+def logmel_layer_class() -> type:
+    tf = require_tensorflow()
+    import keras
+
+    class LogMel(keras.layers.Layer):
+        """Raw window -> per-band normalised log-mel (frames, 40), all inside the model."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            mel = tf.signal.linear_to_mel_weight_matrix(MELS, FFT // 2 + 1, SAMPLE_RATE, 20.0, SAMPLE_RATE / 2)
+            self._chunks = [tf.constant(mel[:, i : i + MEL_CHUNK]) for i in range(0, MELS, MEL_CHUNK)]
+            self.mean = self.add_weight(shape=(MELS,), initializer="zeros", trainable=False, name="mean")
+            self.std = self.add_weight(shape=(MELS,), initializer="ones", trainable=False, name="std")
+
+        def features(self, x: Any) -> Any:
+            spec = tf.signal.stft(x, FRAME, HOP, FFT)
+            power = tf.math.square(tf.math.real(spec)) + tf.math.square(tf.math.imag(spec))
+            mel = tf.concat([tf.tensordot(power, c, axes=1) for c in self._chunks], axis=-1)
+            return tf.math.log(mel + 1e-6)
+
+        def call(self, x: Any) -> Any:
+            return (self.features(x) - self.mean) / self.std
+
+        def compute_output_shape(self, input_shape: Any) -> tuple:
+            return (input_shape[0], FRAMES, MELS)
+
+    return LogMel
+
+
+def specmask_layer_class() -> type:
+    require_tensorflow()
+    import keras
+
+    class SpecMask(keras.layers.Layer):
+        """SpecAugment while training: two frequency bands and two time spans set to the mean; identity after."""
+
+        def __init__(self, seed: int = 0, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def _mask(self, batch: Any, length: int, widest: int) -> Any:
+            ops = keras.ops
+            pos = ops.arange(length)[None, :]
+            masked = ops.zeros((batch, length), dtype="bool")
+            for _ in range(2):
+                width = keras.random.randint((batch, 1), 0, widest + 1, seed=self.seed_generator)
+                start = keras.random.randint((batch, 1), 0, length, seed=self.seed_generator)
+                masked = ops.logical_or(masked, ops.logical_and(pos >= start, pos < start + width))
+            return masked
+
+        def call(self, x: Any, training: bool | None = None) -> Any:
+            if not training:
+                return x
+            ops = keras.ops
+            batch = ops.shape(x)[0]
+            drop = ops.logical_or(self._mask(batch, MELS, 5)[:, None, :], self._mask(batch, FRAMES, 8)[:, :, None])
+            return ops.where(drop, ops.zeros_like(x), x)
+
+    return SpecMask
+
+
+def build(arch: str, seed: int = 0, specaugment: bool = False) -> Any:
+    """A Keras model for ``arch``; ``specaugment`` masks log-mel bands and frames while training (default arch)."""
+    require_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if arch == "workshop":
+        return _workshop(keras)
+    if arch == "default":
+        return _default(keras, specaugment, seed)
+    raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+
+
+def _workshop(keras: Any) -> Any:
+    layers = keras.layers
+    inp = keras.Input((WINDOW_SAMPLES,), name="audio")
+    x = layers.Reshape((WINDOW_SAMPLES, 1))(inp)
+    for filters in (8, 16, 32, 64):
+        x = layers.Conv1D(filters, 11, activation="relu")(x)
+        x = layers.MaxPooling1D(4)(x)
+        x = layers.Dropout(0.3)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dense(128, activation="relu")(x)
+    out = layers.Dense(len(LABELS), activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="workshop")
+
+
+def _default(keras: Any, specaugment: bool = False, seed: int = 0) -> Any:
+    layers = keras.layers
+    inp = keras.Input((WINDOW_SAMPLES,), name="audio")
+    x = logmel_layer_class()(name="logmel")(inp)
+    if specaugment:
+        x = specmask_layer_class()(seed=seed, name="specaugment")(x)
+    x = _conv_bn(layers, x, 96, 5, stride=2)
+    x = _residual(layers, x, 96, 1)
+    x = _conv_bn(layers, x, 128, 3, stride=2)
+    x = _residual(layers, x, 128, 1)
+    x = _residual(layers, x, 128, 2)
+    x = layers.GlobalAveragePooling1D()(x)
+    x = layers.Dropout(0.3)(x)
+    out = layers.Dense(len(LABELS), activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="default")
+
+
+def _conv_bn(layers: Any, x: Any, filters: int, kernel: int, stride: int = 1, dilation: int = 1, relu: bool = True):
+    x = layers.Conv1D(filters, kernel, strides=stride, dilation_rate=dilation, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x) if relu else x
+
+
+def _residual(layers: Any, x: Any, filters: int, dilation: int) -> Any:
+    y = _conv_bn(layers, x, filters, 3, dilation=dilation)
+    y = _conv_bn(layers, y, filters, 3, dilation=dilation, relu=False)
+    return layers.ReLU()(layers.Add()([x, y]))
+
+
+def set_normalisation(model: Any, batches: list[np.ndarray]) -> None:
+    """Per-band mean and std of the log-mel features over some training windows."""
+    try:
+        layer = model.get_layer("logmel")
+    except ValueError:
+        return
+    feats = np.concatenate([np.asarray(layer.features(b)).reshape(-1, MELS) for b in batches])
+    layer.mean.assign(feats.mean(axis=0).astype(np.float32))
+    layer.std.assign(np.maximum(feats.std(axis=0), 1e-3).astype(np.float32))
+
+
+def count_macs(model: Any) -> dict[str, int]:
+    """Multiply-accumulates per window: the network's conv/dense layers and the log-mel front end."""
+    import keras
+
+    net = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv1D):
+            kernel = layer.kernel.shape
+            net += int(layer.output.shape[1]) * int(np.prod(kernel))
+        elif isinstance(layer, keras.layers.Dense):
+            net += int(np.prod(layer.kernel.shape))
+    front = 0
+    if any(layer.name == "logmel" for layer in model.layers):
+        fft = int(2 * FFT * np.log2(FFT))  # real MACs of a radix-2 FFT, roughly
+        front = FRAMES * (FRAME + fft + 2 * (FFT // 2 + 1) + (FFT // 2 + 1) * MELS)
+    return {"network": net, "front_end": front, "total": net + front}

@@ -1,0 +1,186 @@
+"""kwspot train on a tiny slice: the data layer, one epoch end to end, and LiteRT export parity with Keras."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from kwspot import KEYWORDS, LABELS
+from kwspot.errors import KwspotError
+from kwspot.frontend import SAMPLE_RATE
+from kwspot.train.augment import FRAGMENT, AugmentSettings, Sources, epoch_plan, make_batch
+from kwspot.train.data import clip_windows, scan, which_set
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SPEECH_COMMANDS = SHARED / "speech_commands"
+NEGATIVES = SHARED / "librispeech_negatives"
+HAVE_TF = importlib.util.find_spec("tensorflow") is not None
+OTHER_WORDS = ("bed", "cat")
+
+
+def _write(path: Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), audio, rate)
+
+
+def _synthetic_word(rng: np.random.Generator, index: int, rate: int) -> np.ndarray:
+    """A chirp per class, at a random level and position: learnable, not speech."""
+    n = int(0.5 * rate)
+    t = np.arange(n) / rate
+    f0 = 200 + 150 * index
+    word = 0.3 * np.sin(2 * np.pi * (f0 * t + 300 * t**2)) * np.hanning(n)
+    out = np.zeros(rate, np.float32)
+    start = rng.integers(0, rate - n)
+    out[start : start + n] = word
+    return out + rng.normal(0, 0.003, rate).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Speech Commands layout with 4 train, 1 validation and 1 testing clip per word, from ../shared or synthetic."""
+    root = tmp_path_factory.mktemp("tiny_speech_commands")
+    rng = np.random.default_rng(0)
+    val, test = [], []
+    for index, word in enumerate((*KEYWORDS, *OTHER_WORDS, "_silence_")):
+        for i in range(6):
+            name = f"{word}/s{index:02d}x{i}_nohash_0.wav"
+            if SPEECH_COMMANDS.is_dir():
+                source = sorted((SPEECH_COMMANDS / word).glob("*.flac"))[i]
+                audio, rate = soundfile.read(str(source), dtype="float32")
+                name = f"{word}/{source.stem}.wav"
+            else:
+                audio, rate = _synthetic_word(rng, index, 16000), 16000
+            _write(root / name, audio, rate)  # WAV at the file's rate: any format and rate must work
+            if word != "_silence_":
+                (val if i == 4 else test if i == 5 else []).append(name)
+    (root / "validation_list.txt").write_text("\n".join(val) + "\n")
+    (root / "testing_list.txt").write_text("\n".join(test) + "\n")
+    noise = rng.normal(0, 0.05, SAMPLE_RATE * 12).astype(np.float32)
+    _write(root / "_background_noise_" / "white.wav", noise)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_negatives(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("negatives")
+    files = sorted(NEGATIVES.glob("*.flac"))[:12] if NEGATIVES.is_dir() else []
+    for i, path in enumerate(files):
+        audio, rate = soundfile.read(str(path), dtype="float32")
+        _write(root / f"{i}-1-0000.flac", audio[: rate * 4], rate)
+    if not files:
+        rng = np.random.default_rng(5)
+        for i in range(12):
+            _write(root / f"{i}-1-0000.flac", rng.normal(0, 0.1, SAMPLE_RATE * 4).astype(np.float32))
+    return root
+
+
+def test_scan_splits_by_list_and_labels(tiny_data: Path):
+    data = scan(tiny_data)
+    listed = [c for c in data.clips["validation"] if c.label != "_silence_"]  # _silence_ is split by hash
+    assert len(listed) == len(KEYWORDS) + len(OTHER_WORDS)
+    labels = {c.label for c in data.clips["train"]}
+    assert labels <= set(LABELS) and "_unknown_" in labels and "yes" in labels
+    assert all(c.word in OTHER_WORDS for c in data.clips["train"] if c.label == "_unknown_")
+    assert len(data.noise_files) == 1
+
+
+def test_which_set_is_stable_and_ignores_the_utterance_number():
+    assert which_set("abc_nohash_0.wav") == which_set("abc_nohash_3.wav")
+    shares = [which_set(f"speaker{i}_nohash_0.wav") for i in range(2000)]
+    assert 0.07 < shares.count("testing") / 2000 < 0.13
+
+
+def test_bad_input_names_the_culprit(tmp_path: Path):
+    with pytest.raises(KwspotError, match="no such data folder"):
+        scan(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KwspotError, match="no WAV or FLAC clips"):
+        scan(tmp_path / "empty")
+
+
+def test_cache_is_int16_seconds_and_reused(tiny_data: Path, tmp_path: Path):
+    data = scan(tiny_data)
+    paths = [c.path for c in data.clips["train"]][:5]
+    first = clip_windows(paths, tmp_path)
+    assert first.shape == (5, SAMPLE_RATE) and first.dtype == np.int16
+    assert len(list(tmp_path.glob("clips-*.npy"))) == 1
+    np.testing.assert_array_equal(clip_windows(paths, tmp_path), first)
+
+
+def test_epoch_plan_balances_classes_and_batches_are_windows(tiny_data: Path, tmp_path: Path):
+    data = scan(tiny_data)
+    clips = data.clips["train"]
+    windows = clip_windows([c.path for c in clips], tmp_path)
+    labels = np.array([c.label_index for c in clips])
+    noise = [np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE * 5).astype(np.float32)]
+    src = Sources(windows, labels, noise, [])
+    rng = np.random.default_rng(0)
+    plan = epoch_plan(src, AugmentSettings(), rng)
+    counts = np.bincount(plan[:, 2], minlength=len(LABELS))
+    per_keyword = counts[[LABELS.index(k) for k in KEYWORDS]]
+    assert per_keyword.min() == per_keyword.max()
+    assert counts[LABELS.index("_unknown_")] >= 1.5 * per_keyword[0]
+    assert (plan[plan[:, 0] == FRAGMENT, 2] == LABELS.index("_unknown_")).all()
+    x, y = make_batch(src, plan[:32], AugmentSettings(), rng)
+    assert x.shape == (32, SAMPLE_RATE) and x.dtype == np.float32 and np.abs(x).max() <= 1.0
+    np.testing.assert_array_equal(y, plan[:32, 2])
+
+
+@pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
+@pytest.mark.parametrize("arch", ["default", "workshop"])
+def test_litert_export_matches_keras(arch: str):
+    from kwspot.train import models
+    from kwspot.train.export import convert, litert_predict
+
+    model = models.build(arch, seed=0)
+    x = np.random.default_rng(1).normal(0, 0.1, (4, SAMPLE_RATE)).astype(np.float32)
+    models.set_normalisation(model, [x])
+    keras_probs = np.asarray(model.predict_on_batch(x))
+    np.testing.assert_allclose(litert_predict(convert(model, quantise=False), x), keras_probs, atol=1e-4)
+    np.testing.assert_allclose(litert_predict(convert(model, quantise=True), x), keras_probs, atol=0.05)
+
+
+@pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
+def test_train_one_epoch_end_to_end(tiny_data: Path, tiny_negatives: Path, tmp_path: Path):
+    from kwspot.model import Model
+    from kwspot.train import command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    out = tmp_path / "models" / "tiny"
+    args = parser.parse_args(["--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--seed", "3",
+                              "--negatives", str(tiny_negatives), "--cache", str(tmp_path / "cache")])
+    assert command.run(args) == 0
+    for suffix in (".tflite", ".json", ".md", ".csv"):
+        assert out.with_suffix(suffix).is_file(), suffix
+    model = Model(out.with_suffix(".tflite"))
+    assert model.labels == list(LABELS)
+    probs = model.predict(np.zeros(SAMPLE_RATE, np.float32))
+    assert probs.shape == (12,) and probs.sum() == pytest.approx(1.0, abs=1e-3)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["arch"] == "default" and meta["macs"]["total"] <= 11_000_000
+    assert "testing" in meta["clip_metrics"]
+    assert len(out.with_suffix(".csv").read_text().splitlines()) == 2
+
+
+def test_train_without_tensorflow_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tf(name: str, *args, **kwargs):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tf)
+    from kwspot.train import require_tensorflow
+
+    with pytest.raises(KwspotError, match=r"pip install 'kwspot\[train\]'"):
+        require_tensorflow()

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,15 @@ from kwspot.frontend import SAMPLE_RATE, load_audio, resample
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SPEECH_COMMANDS = SHARED / "speech_commands"
+
+
+def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
 
 
 def kwspot_cmd(*args: str) -> list[str]:

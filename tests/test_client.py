@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from kwspot import client
 from kwspot.errors import KwspotError
 from kwspot.events import Event
@@ -23,14 +24,6 @@ from kwspot.sinks.socket import SYSTEM_SOCKET, SocketSink
 
 # The client as its own process, without depending on how kwspot/cli.py wires it.
 CLIENT = "import sys; from kwspot.client import run_events; sys.exit(run_events(sys.argv[1]))"
-
-
-def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.fixture

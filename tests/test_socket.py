@@ -16,17 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from kwspot.errors import KwspotError
 from kwspot.events import Event
 from kwspot.sinks.socket import SYSTEM_SOCKET, SocketSink, default_socket_path, socket_path_candidates
-
-
-def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def connect(path: Path, n: int = 1) -> list[socket.socket]:

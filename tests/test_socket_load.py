@@ -16,21 +16,13 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from conftest import kwspot_cmd, write_stream
+from conftest import kwspot_cmd, wait_for, write_stream
 from kwspot import KEYWORDS
 from kwspot.frontend import SAMPLE_RATE, load_audio
 
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(predicate, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def connect(path: Path) -> socket.socket:
@@ -58,7 +50,7 @@ def test_fifty_clients_five_never_reading_and_churn(tmp_path, speech_commands):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "KWSPOT_CONFIG": ""},
     )
     try:
-        wait_for(sock.exists)
+        wait_for(sock.exists, timeout=30)
         time.sleep(0.5)
         baseline = open_fds(daemon.pid)
         readers, received, threads = [], [], []
@@ -69,7 +61,7 @@ def test_fifty_clients_five_never_reading_and_churn(tmp_path, speech_commands):
             threads.append(threading.Thread(target=read_all, args=(client, chunks), daemon=True))
             threads[-1].start()
         idle = [connect(sock) for _ in range(5)]  # connected, never read
-        wait_for(lambda: open_fds(daemon.pid) == baseline + 50)
+        wait_for(lambda: open_fds(daemon.pid) == baseline + 50, timeout=30)
 
         for _ in range(100):  # clients that connect and vanish
             connect(sock).close()
@@ -80,7 +72,7 @@ def test_fifty_clients_five_never_reading_and_churn(tmp_path, speech_commands):
             vanishing = connect(sock)
             vanishing.shutdown(socket.SHUT_RDWR)
             vanishing.close()
-        wait_for(lambda: open_fds(daemon.pid) == baseline + 50)
+        wait_for(lambda: open_fds(daemon.pid) == baseline + 50, timeout=30)
 
         daemon.stdin.write(pcm[half:])
         daemon.stdin.close()  # end of audio: the daemon finishes and closes every client

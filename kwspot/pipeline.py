@@ -54,13 +54,17 @@ class Pipeline:
         self._pending = np.zeros(0, dtype=np.float32)
         self.detector.reset()
 
-    def _step(self, hop: np.ndarray) -> Event | None:
+    def score(self, hop: np.ndarray) -> np.ndarray:
+        """Take one hop of audio and return the model's probabilities for the last second."""
         self.ring.write(hop)
         self.hops += 1
         rms = float(np.sqrt(np.mean(hop.astype(np.float64) ** 2)))
         self.level_db = 20.0 * np.log10(max(rms, 1e-6))
         self.last_probs = self.model.predict(self.ring.window())
-        detection = self.detector.update(self.last_probs, self.t)
+        return self.last_probs
+
+    def _step(self, hop: np.ndarray) -> Event | None:
+        detection = self.detector.update(self.score(hop), self.t)
         if detection is None:
             return None
         return Event(detection.keyword, detection.score, detection.t)
@@ -75,11 +79,10 @@ def stream_probabilities(
     of probabilities per window; replaying them through a Detector gives the
     same events as ``Pipeline.feed`` (used for threshold sweeps).
     """
-    hop = max(1, round(hop_s * SAMPLE_RATE))
-    ring = RingBuffer(model.window_samples)
+    pipeline = Pipeline(model, Detector(model.labels), hop_s)
+    hop = pipeline.hop_samples
     times, rows = [], []
     for start in range(0, len(audio) - hop + 1, hop):
-        ring.write(audio[start : start + hop])
-        times.append(ring.total / SAMPLE_RATE)
-        rows.append(model.predict(ring.window()))
+        rows.append(pipeline.score(audio[start : start + hop]))
+        times.append(pipeline.t)
     return np.array(times), np.array(rows, dtype=np.float32).reshape(len(rows), len(model.labels))

@@ -37,6 +37,12 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
     return soxr.resample(audio, rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY).astype(np.float32)
 
 
+def unreadable(path: str | Path, exc: Exception) -> KwspotError:
+    """The one-line error for an audio file soundfile cannot read."""
+    detail = str(exc).strip().split("\n")[0]
+    return KwspotError(f"{path}: not a readable audio file ({detail})")
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a WAV/FLAC file as float32 mono at its own rate."""
     path = Path(path)
@@ -45,8 +51,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
-        detail = str(exc).split("\n")[0]
-        raise KwspotError(f"{path}: not a readable audio file ({detail})") from None
+        raise unreadable(path, exc) from None
     if audio.shape[0] == 0:
         raise KwspotError(f"{path}: audio file holds no samples")
     return to_mono(audio), int(rate)

@@ -117,9 +117,3 @@ class Model:
         self._interpreter.set_tensor(self._input["index"], window)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"])[0].astype(np.float32)
-
-    def predict_many(self, windows: np.ndarray) -> np.ndarray:
-        """Probabilities for a (n, window_samples) array, one row per window."""
-        if not len(windows):
-            return np.zeros((0, len(self.labels)), np.float32)
-        return np.stack([self.predict(w) for w in np.asarray(windows)])

@@ -23,10 +23,15 @@ import soundfile
 
 from kwspot.devices import import_sounddevice, resolve_device
 from kwspot.errors import KwspotError
-from kwspot.frontend import SAMPLE_RATE, StreamResampler, to_mono
+from kwspot.frontend import SAMPLE_RATE, StreamResampler, to_mono, unreadable
 
 log = logging.getLogger("kwspot")
 EMPTY = np.zeros(0, dtype=np.float32)
+
+
+def with_tail(samples: np.ndarray) -> np.ndarray:
+    """The last samples of a finite stream, plus one second of silence so its last word is judged."""
+    return np.concatenate((samples, np.zeros(SAMPLE_RATE, dtype=np.float32)))
 
 
 class Source(Protocol):
@@ -51,7 +56,7 @@ class FileSource:
         try:
             self._file = soundfile.SoundFile(str(self.path))
         except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
-            raise KwspotError(f"{self.path}: not a readable audio file ({str(exc).splitlines()[0]})") from None
+            raise unreadable(self.path, exc) from None
         self.rate = int(self._file.samplerate)
         self.description = f"{self.path} ({self.rate} Hz, {self._file.channels} ch)"
         self._block = max(1, self.rate * block_ms // 1000)
@@ -79,8 +84,7 @@ class FileSource:
         self._frames_read += len(frames)
         if len(frames) < self._block:
             self._tail_sent = True
-            out = self._resampler.process(to_mono(frames), last=True)
-            return np.concatenate((out, np.zeros(SAMPLE_RATE, dtype=np.float32)))
+            return with_tail(self._resampler.process(to_mono(frames), last=True))
         return self._resampler.process(to_mono(frames))
 
     def close(self) -> None:
@@ -109,7 +113,7 @@ class StdinSource:
         data = os.read(fd, self._bytes)
         if not data:
             self._ended = True
-            return np.concatenate((self._resampler.process(EMPTY, last=True), np.zeros(SAMPLE_RATE, np.float32)))
+            return with_tail(self._resampler.process(EMPTY, last=True))
         data = self._carry + data
         usable = len(data) - len(data) % 2
         self._carry = data[usable:]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from kwspot.frontend import SAMPLE_RATE, load_audio, resample
+from kwspot.frontend import SAMPLE_RATE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -89,5 +89,3 @@ def trim(audio: np.ndarray, level: float = 0.02) -> np.ndarray:
     loud = np.flatnonzero(np.abs(audio) > level)
     return audio[loud[0] : loud[-1] + 1] if loud.size else audio
 
-
-__all__ = ["load_audio", "resample"]

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from kwspot import __version__
 from kwspot.errors import KwspotError
-from kwspot.sinks.socket import default_socket_path
 
 log = logging.getLogger("kwspot")
 
 
-def _add_listen(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("listen", help="listen and report spoken commands")
+def _add_listen(p: argparse.ArgumentParser) -> None:
+    from kwspot.sinks.socket import default_socket_path
+
     p.add_argument("--config", metavar="FILE", help="config file (default: $KWSPOT_CONFIG, /etc/kwspot, ~/.config)")
     src = p.add_argument_group("audio")
     src.add_argument("--device", "-d", metavar="ID", help="input device: index or part of its name")
@@ -40,89 +43,86 @@ def _add_logging(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=["auto", "plain", "time"], help="plain = no timestamps (systemd)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kwspot", description="Real-time spotter for ten spoken commands.")
-    parser.add_argument("--version", action="version", version=f"kwspot {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    _add_listen(sub)
-    sub.add_parser("devices", help="list audio input devices and their default rates")
-    from kwspot import client
-
-    client.add_arguments(sub.add_parser("events", help="print events from a running daemon's socket"))
-    p = sub.add_parser("predict", help="classify one-second clips")
+def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     p.add_argument("--model", "-m", metavar="FILE")
-    from kwspot import evaluate
-    from kwspot.train import command as train
 
-    train.add_arguments(sub.add_parser("train", help="train a model (needs kwspot[train])"))
-    evaluate.add_arguments(sub.add_parser("evaluate", help="measure a model on clips or long streams"))
-    return parser
+
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported only when called: ``listen`` never loads the offline package."""
+    return lambda *args: getattr(importlib.import_module(module), name)(*args)
 
 
 def run_listen(args: argparse.Namespace) -> int:
-    from kwspot.config import load_config, override
     from kwspot.listen import Listener, ListenRequest
     from kwspot.logs import setup_logging
+    from kwspot.settings import listen_flags, resolve
 
-    settings, path = load_config(args.config)
-    override(settings, "audio.device", args.device)
-    override(settings, "audio.rate", args.rate if args.input != "-" else None)
-    override(settings, "model.path", args.model)
-    override(settings, "detector.threshold", args.threshold)
-    override(settings, "sinks.socket", args.socket)
-    override(settings, "logging.level", args.log_level)
-    override(settings, "logging.format", args.log_format)
-    if args.format == "jsonl":
-        settings["sinks"]["jsonl"] = True
-    if args.format == "console":
-        settings["sinks"]["console"] = True
-    if args.no_console or args.format == "jsonl":
-        settings["sinks"]["console"] = False
     if args.fast and not (args.input and args.input != "-"):
         raise KwspotError("--fast needs --input FILE")
+    flags = listen_flags(args)
+    settings, path = resolve(args.config, flags)
     setup_logging(settings["logging"]["level"], settings["logging"]["format"])
     log.debug("config: %s", path or "built-in defaults")
-    request = ListenRequest(
-        input=args.input, fast=args.fast, stdin_rate=args.rate or 16000,
-        config_path=args.config, cli_threshold=args.threshold is not None,
-    )
-    return Listener(request, settings).run()
+    request = ListenRequest(input=args.input, fast=args.fast, stdin_rate=args.rate or 16000,
+                            config_path=args.config, flags=flags)
+    return Listener(request, settings, path).run()
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    from kwspot.devices import describe_devices
+
+    lines = describe_devices()
+    print("\n".join(lines) if lines else "no input devices found")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from kwspot.predict import main_predict
+
+    return main_predict(args.model, args.files, args.json)
+
+
+Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None] | None, Callable[[argparse.Namespace], int]]
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "listen": ("listen and report spoken commands", _add_listen, run_listen),
+    "devices": ("list audio input devices and their default rates", None, run_devices),
+    "events": ("print events from a running daemon's socket",
+               _lazy("kwspot.client", "add_arguments"), _lazy("kwspot.client", "run")),
+    "predict": ("classify one-second clips", _add_predict, run_predict),
+    "train": ("train a model (needs kwspot[train])",
+              _lazy("kwspot.train.command", "add_arguments"), _lazy("kwspot.train.command", "run")),
+    "evaluate": ("measure a model on clips or long streams",
+                 _lazy("kwspot.train.evaluate", "add_arguments"), _lazy("kwspot.train.evaluate", "run")),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` gets its options (and imports their module)."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = argparse.ArgumentParser(prog="kwspot", description="Real-time keyword spotter.")
+    parser.add_argument("--version", action="version", version=f"kwspot {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (text, add_arguments, _) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=text)
+        if add_arguments is not None and name == chosen:
+            add_arguments(p)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from kwspot.logs import setup_logging
 
-    if args.command == "listen":
-        return run_listen(args)
-    setup_logging(getattr(args, "log_level", None) or "info", "auto")
-    if args.command == "devices":
-        from kwspot.devices import describe_devices
-
-        lines = describe_devices()
-        print("\n".join(lines) if lines else "no input devices found")
-        return 0
-    if args.command == "events":
-        from kwspot import client
-
-        return client.run(args)
-    if args.command == "predict":
-        from kwspot.predict import main_predict
-
-        return main_predict(args.model, args.files, args.json)
-    if args.command == "train":
-        from kwspot.train import command as train
-
-        return train.run(args)
-    from kwspot import evaluate
-
-    return evaluate.run(args)
+    if args.command != "listen":
+        setup_logging(getattr(args, "log_level", None) or "info", "auto")
+    return SUBCOMMANDS[args.command][2](args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         code = run(args)
     except KwspotError as exc:

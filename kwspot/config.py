@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kwspot import KEYWORDS
+from kwspot.checks import Check, choice, number, optional, show, string
 from kwspot.errors import KwspotError
+from kwspot.sinks import sink_specs
 
 SYSTEM_CONFIG = Path("/etc/kwspot/config.yaml")
+MAX_CONFIG_BYTES = 256 * 1024
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "audio": {"device": None, "rate": None, "block_ms": 50, "max_lag_ms": 500},
@@ -34,84 +35,44 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "min_consecutive": 2,
         "refractory_s": 1.0,
     },
-    "sinks": {"console": "auto", "jsonl": False, "socket": None, "socket_mode": "0660", "client_buffer_kb": 64},
+    "sinks": {key: default for spec in sink_specs() for key, (default, _) in spec.keys.items()},
     "logging": {"level": "info", "format": "auto"},
 }
 
 
-def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
-    return lambda key, value: None if value is None else check(key, value)
-
-
-def _number(low: float, high: float, integer: bool = False) -> Callable[[str, Any], Any]:
-    def check(key: str, value: Any) -> Any:
-        kind = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise KwspotError(f"config: {key} must be {'a whole number' if integer else 'a number'}, not {value!r}")
-        if not low <= value <= high:
-            raise KwspotError(f"config: {key} must be between {low:g} and {high:g}, not {value!r}")
-        return value
-
-    return check
-
-
-def _choice(*options: Any) -> Callable[[str, Any], Any]:
-    def check(key: str, value: Any) -> Any:
-        if value not in options:
-            raise KwspotError(f"config: {key} must be one of {', '.join(map(str, options))}, not {value!r}")
-        return value
-
-    return check
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise KwspotError(f"config: {key} must be a non-empty string, not {value!r}")
-    return value
-
-
 def _device(key: str, value: Any) -> int | str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise KwspotError(f"config: {key} must be a device index or part of a device name, not {value!r}")
-    return value
-
-
-def _mode(key: str, value: Any) -> str:
-    if not isinstance(value, str) or len(value) not in (3, 4) or any(c not in "01234567" for c in value):
-        raise KwspotError(f"config: {key} must be an octal mode in quotes such as \"0660\", not {value!r}")
+        raise KwspotError(f"config: {key} must be a device index or part of a device name, not {show(value)}")
     return value
 
 
 def _thresholds(key: str, value: Any) -> dict[str, float]:
+    """Keyword names and numbers; whether each name is a keyword is checked once the model is loaded."""
     if not isinstance(value, dict):
-        raise KwspotError(f"config: {key} must be a mapping of keyword to threshold, not {value!r}")
+        raise KwspotError(f"config: {key} must be a mapping of keyword to threshold, not {show(value)}")
     for word, threshold in value.items():
-        if word not in KEYWORDS:
-            raise KwspotError(f"config: {key}.{word} is not one of the keywords ({', '.join(KEYWORDS)})")
-        _number(0.0, 1.0)(f"{key}.{word}", threshold)
-    return {str(k): float(v) for k, v in value.items()}
+        if not isinstance(word, str) or not word or word.startswith("_"):
+            raise KwspotError(f"config: {key}.{show(word)} is not a keyword name")
+        number(0.0, 1.0)(f"{key}.{word}", threshold)
+    return {k: float(v) for k, v in value.items()}
 
 
-CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "audio.device": _optional(_device),
-    "audio.rate": _optional(_number(1000, 384000, integer=True)),
-    "audio.block_ms": _number(5, 500, integer=True),
-    "audio.max_lag_ms": _number(100, 10000, integer=True),
-    "model.path": _optional(_string),
-    "model.threads": _number(1, 16, integer=True),
-    "detector.hop_ms": _number(10, 1000, integer=True),
-    "detector.threshold": _number(0.0, 1.0),
+CHECKS: dict[str, Check] = {
+    "audio.device": optional(_device),
+    "audio.rate": optional(number(1000, 384000, integer=True)),
+    "audio.block_ms": number(5, 500, integer=True),
+    "audio.max_lag_ms": number(100, 10000, integer=True),
+    "model.path": optional(string),
+    "model.threads": number(1, 16, integer=True),
+    "detector.hop_ms": number(10, 1000, integer=True),
+    "detector.threshold": number(0.0, 1.0),
     "detector.thresholds": _thresholds,
-    "detector.smoothing_hops": _number(1, 50, integer=True),
-    "detector.min_consecutive": _number(1, 50, integer=True),
-    "detector.refractory_s": _number(0.0, 60.0),
-    "sinks.console": _choice("auto", True, False),
-    "sinks.jsonl": _choice(True, False),
-    "sinks.socket": _optional(_string),
-    "sinks.socket_mode": _mode,
-    "sinks.client_buffer_kb": _number(1, 65536, integer=True),
-    "logging.level": _choice("debug", "info", "warning", "error"),
-    "logging.format": _choice("auto", "plain", "time"),
+    "detector.smoothing_hops": number(1, 50, integer=True),
+    "detector.min_consecutive": number(1, 50, integer=True),
+    "detector.refractory_s": number(0.0, 60.0),
+    **{f"sinks.{key}": check for spec in sink_specs() for key, (_, check) in spec.keys.items()},
+    "logging.level": choice("debug", "info", "warning", "error"),
+    "logging.format": choice("auto", "plain", "time"),
 }
 
 
@@ -147,7 +108,7 @@ def validate(raw: Any, source: str = "config") -> dict[str, dict[str, Any]]:
         raise KwspotError(f"{source}: must be a mapping of sections ({', '.join(DEFAULTS)})")
     for section, values in raw.items():
         if section not in DEFAULTS:
-            raise KwspotError(f"{source}: unknown section '{section}' (known: {', '.join(DEFAULTS)})")
+            raise KwspotError(f"{source}: unknown section {show(section)} (known: {', '.join(DEFAULTS)})")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -155,12 +116,52 @@ def validate(raw: Any, source: str = "config") -> dict[str, dict[str, Any]]:
         for key, value in values.items():
             name = f"{section}.{key}"
             if name not in CHECKS:
-                raise KwspotError(f"{source}: unknown key '{name}'")
+                raise KwspotError(f"{source}: unknown key {show(name)}")
             try:
                 settings[section][key] = CHECKS[name](name, value)
             except KwspotError as exc:
                 raise KwspotError(str(exc).replace("config:", f"{source}:", 1)) from None
     return settings
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with two changes for a config file.
+
+    Aliases (``*name``) are refused, so an alias bomb costs nothing; plain keys
+    that YAML 1.1 would read as booleans or null (``on:``, ``no:``, ``off:``,
+    ``yes:``) stay the words they are, so every keyword can be named unquoted.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        for key_node, _ in node.value:
+            plain = isinstance(key_node, yaml.ScalarNode) and key_node.style is None
+            if plain and key_node.tag in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"):
+                key_node.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(data: bytes, path: Path) -> Any:
+    """A config file's bytes as YAML: UTF-8 only, bounded, no aliases; one line per problem."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise KwspotError(f"{path}: config file over {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise KwspotError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = str(getattr(exc, "problem", "") or "")[:80]
+        raise KwspotError(f"{path}: not valid YAML{where}" + (f" ({problem})" if problem else "")) from None
 
 
 def load_config(explicit: str | None = None) -> tuple[dict[str, dict[str, Any]], Path | None]:
@@ -169,14 +170,11 @@ def load_config(explicit: str | None = None) -> tuple[dict[str, dict[str, Any]],
     if path is None:
         return copy.deepcopy(DEFAULTS), None
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise KwspotError(f"{path}: cannot read config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise KwspotError(f"{path}: not valid YAML{where}") from None
-    return validate(raw, str(path)), path
+    return validate(parse_yaml(data, path), str(path)), path
 
 
 def override(settings: dict[str, dict[str, Any]], name: str, value: Any) -> None:

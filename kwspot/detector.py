@@ -5,7 +5,8 @@ average the probabilities over the last few hops, require the keyword to
 be the top class above its threshold for a number of consecutive hops,
 then stay quiet for a refractory period. A keyword that fired must also
 fall back below its threshold before it can fire again, so one long word
-gives one event. ``_silence_`` and ``_unknown_`` never fire.
+gives one event. Labels starting with ``_`` (``_silence_``, ``_unknown_``)
+never fire.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kwspot import KEYWORDS
+from kwspot.modelfile import keywords_of
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,11 @@ class Detector:
     def __init__(self, labels: Sequence[str], settings: DetectorSettings = DetectorSettings()) -> None:
         self.labels = list(labels)
         self.settings = settings
-        self._keyword_mask = np.array([label in KEYWORDS for label in self.labels])
+        self.keywords = keywords_of(self.labels)
+        self._keyword_mask = np.array([label in self.keywords for label in self.labels])
         per_keyword = dict(settings.thresholds or {})
         self._thresholds = np.array(
-            [per_keyword.get(label, settings.threshold) if label in KEYWORDS else np.inf for label in self.labels],
+            [per_keyword.get(label, settings.threshold) if label in self.keywords else np.inf for label in self.labels],
             dtype=np.float32,
         )
         self._history: deque[np.ndarray] = deque(maxlen=max(1, settings.smoothing_hops))

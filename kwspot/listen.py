@@ -12,25 +12,24 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from kwspot.config import load_config
 from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import Model, bundled_model_path
+from kwspot.modelfile import check_thresholds
 from kwspot.notify import SystemdNotifier
 from kwspot.pipeline import Pipeline
-from kwspot.sinks import Sink
-from kwspot.sinks.jsonl import JsonlSink
-from kwspot.sinks.socket import SocketSink
+from kwspot.settings import Settings, resolve
+from kwspot.sinks import SinkContext, Status, build_sinks, close_sinks, reconcile, spec_of
 from kwspot.sources import FileSource, MicSource, Source, StdinSource
 
 log = logging.getLogger("kwspot")
-Settings = dict[str, dict[str, Any]]
 READ_TIMEOUT_S = 0.25
 
 
@@ -42,7 +41,18 @@ class ListenRequest:
     fast: bool = False
     stdin_rate: int = 16000
     config_path: str | None = None
-    cli_threshold: bool = False  # --threshold given: it overrides the model's own thresholds
+    flags: Mapping[str, Any] = field(default_factory=dict)  # settings given as flags: they outlive a reload
+
+    @property
+    def cli_threshold(self) -> bool:
+        """--threshold given: it overrides the model's own thresholds."""
+        return "detector.threshold" in self.flags
+
+
+def level_db(samples: np.ndarray) -> float:
+    """RMS level of ``samples`` in dBFS (-120 for silence)."""
+    rms = float(np.sqrt(np.mean(np.asarray(samples, np.float64) ** 2))) if samples.size else 0.0
+    return 20.0 * float(np.log10(max(rms, 1e-6)))
 
 
 def load_model(settings: Settings) -> Model:
@@ -50,11 +60,15 @@ def load_model(settings: Settings) -> Model:
     return Model(path, threads=settings["model"]["threads"])
 
 
-def detector_settings(settings: Settings, model: Model, cli_threshold: bool = False) -> DetectorSettings:
-    """Thresholds: config per-keyword > model sidecar per-keyword > config default."""
+def detector_settings(settings: Settings, model: Model, cli_threshold: bool = False,
+                      where: str = "config") -> DetectorSettings:
+    """Thresholds: config per-keyword > model sidecar per-keyword > config default.
+
+    The config's per-keyword thresholds must name keywords of this model.
+    """
     det = settings["detector"]
     thresholds = {} if cli_threshold else dict(model.thresholds)
-    thresholds.update(det["thresholds"])
+    thresholds.update(check_thresholds(det["thresholds"], model.keywords, f"{where}: detector.thresholds"))
     return DetectorSettings(
         threshold=det["threshold"],
         thresholds=thresholds,
@@ -73,72 +87,24 @@ def open_source(request: ListenRequest, settings: Settings) -> Source:
     return MicSource(settings["audio"]["device"], settings["audio"]["rate"], block_ms)
 
 
-def socket_sink(sinks_cfg: dict[str, Any]) -> SocketSink:
-    return SocketSink(
-        sinks_cfg["socket"],
-        mode=int(sinks_cfg["socket_mode"], 8),
-        max_client_buffer=sinks_cfg["client_buffer_kb"] * 1024,
-        logger=log,
-    )
-
-
-SOCKET_KEYS = ("socket", "socket_mode", "client_buffer_kb")
-
-
-def build_sinks(settings: Settings, source: Source) -> list[Sink]:
-    sinks_cfg = settings["sinks"]
-    sinks: list[Sink] = []
-    console = sinks_cfg["console"]
-    if console is True or (console == "auto" and sys.stdout.isatty() and not sinks_cfg["jsonl"]):
-        from kwspot.sinks.console import ConsoleSink  # rich only when someone watches
-
-        sinks.append(ConsoleSink(source.description))
-    if sinks_cfg["jsonl"]:
-        sinks.append(JsonlSink())
-    if sinks_cfg["socket"]:
-        sinks.append(socket_sink(sinks_cfg))
-    return sinks
-
-
-def reconcile_sinks(sinks: list[Sink], old: dict[str, Any], new: dict[str, Any]) -> list[Sink]:
-    """The sinks a reloaded config asks for, keeping those whose settings did not change.
-
-    A new socket that cannot be opened raises KwspotError before anything is closed.
-    """
-    socket_changed = any(old[k] != new[k] for k in SOCKET_KEYS)
-    fresh_socket = None
-    if socket_changed and new["socket"] and new["socket"] != old["socket"]:
-        fresh_socket = socket_sink(new)
-    kept: list[Sink] = []
-    for sink in sinks:
-        if isinstance(sink, SocketSink) and socket_changed:
-            sink.close(linger=0)  # never hold the audio loop for a slow reader
-        elif isinstance(sink, JsonlSink) and not new["jsonl"]:
-            sink.close()
-        else:
-            kept.append(sink)
-    if new["jsonl"] and not old["jsonl"]:
-        kept.append(JsonlSink())
-    if socket_changed and new["socket"]:
-        kept.append(fresh_socket or socket_sink(new))
-    return kept
-
-
 class Listener:
     """One listening session: holds the source, pipeline, sinks and counters."""
 
-    def __init__(self, request: ListenRequest, settings: Settings) -> None:
+    def __init__(self, request: ListenRequest, settings: Settings, config_used: Any = None) -> None:
         self.request = request
         self.settings = settings
+        self._where = str(config_used or "config")
         self._stop = False
         self._reload = False
         self._saved_handlers = self.install_signal_handlers()  # before anything that needs cleaning up
+        self.sinks: dict[str, Any] = {}
         self.model = load_model(settings)
-        detector = Detector(self.model.labels, detector_settings(settings, self.model, request.cli_threshold))
+        detector = Detector(self.model.labels,
+                            detector_settings(settings, self.model, request.cli_threshold, self._where))
         self.pipeline = Pipeline(self.model, detector, hop_s=settings["detector"]["hop_ms"] / 1000)
         self.source = open_source(request, settings)
-        self.sinks: list[Sink] = []
-        self.sinks = build_sinks(settings, self.source)
+        self._sink_context = SinkContext(self.source.description, sys.stdout.isatty())
+        self.sinks = build_sinks(settings["sinks"], self._sink_context)
         self.notifier = SystemdNotifier()
         self.events = 0
         self.skipped_samples = 0
@@ -173,7 +139,7 @@ class Listener:
                     break
                 if block.size:
                     self._last_audio = time.monotonic()
-                    self._dispatch(self.pipeline.feed(block))
+                    self._dispatch(self.pipeline.feed(block), block)
                 self._catch_up()
                 self._report_problems()
                 self._feed_watchdog()
@@ -182,32 +148,31 @@ class Listener:
         log.info("stopped after %.1f s of audio, %d events", self.pipeline.t, self.events)
         return 0
 
-    def _dispatch(self, events: list) -> None:
+    def _dispatch(self, events: list, block: np.ndarray) -> None:
         for event in events:
             self.events += 1
-            for sink in self.sinks:
+            for sink in self.sinks.values():
                 sink.emit(event)
-        for sink in self.sinks:
-            if hasattr(sink, "status"):
-                top = int(np.argmax(self.pipeline.last_probs))
-                sink.status(
-                    self.pipeline.level_db, self.model.labels[top], float(self.pipeline.last_probs[top]),
-                    self._problems_text(),
-                )
+        watchers = [sink for name, sink in self.sinks.items() if spec_of(name).wants_status]
+        if watchers:
+            probs = self.pipeline.last_probs
+            top = int(np.argmax(probs))
+            status = Status(level_db(block), self.model.labels[top], float(probs[top]), self._problems_text())
+            for sink in watchers:
+                sink.status(status)
 
     def _catch_up(self) -> None:
         """If live audio piled up (slow inference, a stall), skip to the present."""
-        backlog = getattr(self.source, "backlog_samples", None)
-        if backlog is None or backlog() * 1000 < self.settings["audio"]["max_lag_ms"] * SAMPLE_RATE:
+        if self.source.backlog_samples() * 1000 < self.settings["audio"]["max_lag_ms"] * SAMPLE_RATE:
             return
-        dropped = self.source.drain()  # type: ignore[attr-defined]
+        dropped = self.source.drain()
         self.pipeline.skip(dropped)
         self.skipped_samples += dropped
 
     def _counters(self) -> dict[str, int]:
         return {
-            "overflows": getattr(self.source, "overflows", 0),
-            "dropped": getattr(self.source, "dropped_blocks", 0),
+            "overflows": self.source.overflows,
+            "dropped": self.source.dropped_blocks,
             "skipped": self.skipped_samples,
         }
 
@@ -243,15 +208,13 @@ class Listener:
             self.notifier.watchdog()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; apply detector settings and sinks, or keep the old ones."""
+        """SIGHUP: settings again from file and flags; apply detector settings and sinks, or keep the old ones."""
         self.notifier.reloading()
         try:
-            settings, path = load_config(self.request.config_path)
-            settings["sinks"]["console"] = self.settings["sinks"]["console"]
-            new_detector = Detector(
-                self.model.labels, detector_settings(settings, self.model, self.request.cli_threshold)
-            )
-            self.sinks = reconcile_sinks(self.sinks, self.settings["sinks"], settings["sinks"])
+            settings, path = resolve(self.request.config_path, self.request.flags)
+            new_detector = Detector(self.model.labels, detector_settings(
+                settings, self.model, self.request.cli_threshold, str(path or "config")))
+            self.sinks = reconcile(self.sinks, self.settings["sinks"], settings["sinks"], self._sink_context)
         except KwspotError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
         else:
@@ -265,7 +228,6 @@ class Listener:
         try:
             self.source.close()
         finally:
-            for sink in self.sinks:
-                sink.close()
+            close_sinks(self.sinks)
             for signum, handler in self._saved_handlers.items():
                 signal.signal(signum, handler)

@@ -1,30 +1,26 @@
 """The model runtime: a LiteRT model and its sidecar; numpy in, probabilities out.
 
-A model is two files: ``NAME.tflite`` and ``NAME.json``. The sidecar holds
-the class labels and the front-end settings the model was trained with::
-
-    {"labels": ["_silence_", "_unknown_", "yes", ...],
-     "sample_rate": 8000, "window_samples": 8000,
-     "thresholds": {"yes": 0.8, ...}}      # optional, per keyword
-
-The model takes a float32 batch of raw 8 kHz windows in [-1, 1] of shape
-(1, window_samples) and returns one probability per label. No audio I/O.
+A model is two files: ``NAME.tflite`` and ``NAME.json``; the sidecar
+(:mod:`kwspot.modelfile`) says which labels the outputs are, which of them
+fire, and how long a window the model takes. The model takes a float32
+batch of raw 8 kHz windows in [-1, 1] of shape (1, window_samples) and
+returns one probability per label. No audio I/O.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from kwspot import modelfile
 from kwspot.errors import KwspotError
-from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
+from kwspot.frontend import SAMPLE_RATE
+from kwspot.modelfile import sidecar_path  # noqa: F401 - re-exported for callers of kwspot.model
 
 BUNDLED_MODEL_NAME = "kwspot.tflite"
 
@@ -32,28 +28,6 @@ BUNDLED_MODEL_NAME = "kwspot.tflite"
 def bundled_model_path() -> Path:
     """The model shipped with the package (``models/`` in the source tree)."""
     return Path(str(resources.files("kwspot.models").joinpath(BUNDLED_MODEL_NAME)))
-
-
-def sidecar_path(model_path: str | Path) -> Path:
-    """Where the labels and front-end settings of a model live."""
-    return Path(model_path).with_suffix(".json")
-
-
-def load_sidecar(model_path: str | Path) -> dict[str, Any]:
-    """Read and check a model's sidecar JSON."""
-    path = sidecar_path(model_path)
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise KwspotError(f"{path}: model sidecar missing (labels and front-end settings)") from None
-    except (OSError, ValueError) as exc:
-        raise KwspotError(f"{path}: unreadable model sidecar ({exc})") from None
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise KwspotError(f"{path}: sidecar has no list of 'labels'")
-    if meta.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
-        raise KwspotError(f"{path}: model expects {meta['sample_rate']} Hz, kwspot works at {SAMPLE_RATE} Hz")
-    return meta
 
 
 @contextmanager
@@ -79,8 +53,14 @@ class Model:
         self.path = Path(path)
         if not self.path.is_file():
             raise KwspotError(f"{self.path}: no such model file")
-        self.meta = load_sidecar(self.path)
-        self.labels: list[str] = list(self.meta["labels"])
+        self.file = modelfile.read(self.path)
+        if self.file.sample_rate != SAMPLE_RATE:
+            raise KwspotError(
+                f"{self.file.path}: model expects {self.file.sample_rate} Hz, kwspot works at {SAMPLE_RATE} Hz"
+            )
+        self.meta = self.file.meta
+        self.labels: list[str] = list(self.file.labels)
+        self.keywords: tuple[str, ...] = self.file.keywords
         try:
             with _quiet_stderr():
                 self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
@@ -97,11 +77,11 @@ class Model:
         shape = tuple(int(d) for d in self._input["shape"])
         if len(shape) != 2 or shape[0] != 1:
             raise KwspotError(f"{self.path}: model input shape {shape}, expected (1, samples)")
-        if shape[1] != WINDOW_SAMPLES:
+        self.window_samples = self.file.window_samples
+        if shape[1] != self.window_samples:
             raise KwspotError(
-                f"{self.path}: model input is {shape[1]} samples; kwspot feeds {WINDOW_SAMPLES} (1 s at 8 kHz)"
+                f"{self.path}: model input is {shape[1]} samples; its sidecar says {self.window_samples}"
             )
-        self.window_samples = WINDOW_SAMPLES
         out_shape = tuple(int(d) for d in self._output["shape"])
         if out_shape[-1] != len(self.labels):
             raise KwspotError(f"{self.path}: model gives {out_shape[-1]} scores for {len(self.labels)} labels")
@@ -109,7 +89,7 @@ class Model:
     @property
     def thresholds(self) -> dict[str, float]:
         """Per-keyword thresholds stored with the model (may be empty)."""
-        return {str(k): float(v) for k, v in self.meta.get("thresholds", {}).items()}
+        return dict(self.file.thresholds)
 
     def predict(self, window: np.ndarray) -> np.ndarray:
         """Probabilities for one raw 8 kHz window of ``window_samples`` floats."""

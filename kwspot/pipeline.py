@@ -29,7 +29,6 @@ class Pipeline:
         self._pending = np.zeros(0, dtype=np.float32)
         self.hops = 0
         self.last_probs = np.zeros(len(model.labels), dtype=np.float32)
-        self.level_db = -120.0  # RMS level of the latest hop, dBFS
 
     @property
     def t(self) -> float:
@@ -58,8 +57,6 @@ class Pipeline:
         """Take one hop of audio and return the model's probabilities for the last second."""
         self.ring.write(hop)
         self.hops += 1
-        rms = float(np.sqrt(np.mean(hop.astype(np.float64) ** 2)))
-        self.level_db = 20.0 * np.log10(max(rms, 1e-6))
         self.last_probs = self.model.predict(self.ring.window())
         return self.last_probs
 

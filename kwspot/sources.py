@@ -35,15 +35,34 @@ def with_tail(samples: np.ndarray) -> np.ndarray:
 
 
 class Source(Protocol):
+    """Audio in: blocks of 8 kHz float32 samples. The abilities beyond ``read`` have defaults.
+
+    ``overflows`` and ``dropped_blocks`` count input trouble; a live source
+    that can fall behind reports its ``backlog_samples()`` and can
+    ``drain()`` what piled up (returning how many samples it dropped).
+    """
+
     description: str
     rate: int
+    overflows: int = 0
+    dropped_blocks: int = 0
 
-    def read(self, timeout: float) -> np.ndarray | None: ...
+    def read(self, timeout: float) -> np.ndarray | None:
+        """The next block (may be empty on a timeout), or None at the end of the stream."""
+        ...
 
     def close(self) -> None: ...
 
+    def backlog_samples(self) -> int:
+        """Samples waiting to be read (a file or pipe never piles up: 0)."""
+        return 0
 
-class FileSource:
+    def drain(self) -> int:
+        """Drop what is waiting; returns the number of samples dropped."""
+        return 0
+
+
+class FileSource(Source):
     """A WAV/FLAC file (any rate, any channels), in real time or as fast as possible.
 
     At the end it adds one second of silence so the last word is judged.
@@ -91,7 +110,7 @@ class FileSource:
         self._file.close()
 
 
-class StdinSource:
+class StdinSource(Source):
     """Raw 16-bit little-endian mono PCM on a pipe, e.g. from ``arecord -t raw``."""
 
     def __init__(self, rate: int = 16000, block_ms: int = 50, stream: BinaryIO | None = None) -> None:
@@ -128,7 +147,7 @@ class AudioSystemHung(KwspotError):
     """A PortAudio call never returned (e.g. a frozen sound server): only a restart helps."""
 
 
-class MicSource:
+class MicSource(Source):
     """A sounddevice input stream whose callback only copies blocks into a queue.
 
     The device is opened at its own default rate (or ``rate``) and resampled

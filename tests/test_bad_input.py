@@ -138,6 +138,14 @@ CASES = {
     "wrong-shape model": (with_model(wrong_shape), ["wrong_shape.tflite", "8000"]),
     "model without sidecar": (with_model(lambda tmp: copy_model(tmp, "bare", sidecar=None)), ["bare.json"]),
     "sidecar without labels": (with_model(lambda tmp: copy_model(tmp, "nolab", sidecar='{"x": 1}')), ["labels"]),
+    "sidecar threshold not a number": (with_model(lambda tmp: copy_model(tmp, "thr", sidecar=(
+        '{"labels": ["_silence_", "yes"], "thresholds": {"yes": "high"}}'))), ["thr.json", "thresholds.yes"]),
+    "sidecar threshold out of range": (with_model(lambda tmp: copy_model(tmp, "thr2", sidecar=(
+        '{"labels": ["_silence_", "yes"], "thresholds": {"yes": 7}}'))), ["thr2.json", "0 to 1"]),
+    "sidecar threshold for no keyword": (with_model(lambda tmp: copy_model(tmp, "thr3", sidecar=(
+        '{"labels": ["_silence_", "yes"], "thresholds": {"halt": 0.5}}'))), ["thr3.json", "halt"]),
+    "sidecar window not a number": (with_model(lambda tmp: copy_model(tmp, "win", sidecar=(
+        '{"labels": ["_silence_", "yes"], "window_samples": "1s"}'))), ["win.json", "window_samples"]),
     "labels do not fit model": (
         with_model(lambda tmp: copy_model(tmp, "few", sidecar='{"labels": ["yes", "no"]}')), ["few.tflite", "2 labels"]
     ),

@@ -32,7 +32,8 @@ def test_file_values_override_defaults(tmp_path):
         ("detector:\n  threshold: -0.1\n", "detector.threshold"),
         ("detector:\n  threshold: high\n", "detector.threshold"),
         ("detector:\n  smoothing_hops: 2.5\n", "detector.smoothing_hops"),
-        ("detector:\n  thresholds: {halt: 0.5}\n", "detector.thresholds.halt"),
+        ("detector:\n  thresholds: {stop: 1.5}\n", "detector.thresholds.stop"),
+        ("detector:\n  thresholds: [stop]\n", "detector.thresholds"),
         ("sinks:\n  socket_mode: 660\n", "sinks.socket_mode"),
         ("sinks:\n  console: maybe\n", "sinks.console"),
         ("audio:\n  device: [1, 2]\n", "audio.device"),
@@ -80,3 +81,56 @@ def test_command_line_override_is_checked():
     assert settings["detector"]["threshold"] == 0.7
     with pytest.raises(KwspotError, match="--threshold"):
         override(settings, "detector.threshold", 1.5)
+
+
+def test_keywords_that_yaml_11_reads_as_booleans_work_unquoted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("detector:\n  thresholds: {yes: 0.5, no: 0.6, on: 0.7, off: 0.75}\nsinks:\n  jsonl: yes\n")
+    settings, _ = load_config(str(path))
+    assert settings["detector"]["thresholds"] == {"yes": 0.5, "no": 0.6, "on": 0.7, "off": 0.75}
+    assert settings["sinks"]["jsonl"] is True  # values keep their YAML meaning
+
+
+def test_per_keyword_thresholds_are_checked_against_the_model_by_name():
+    from kwspot.listen import detector_settings
+    from kwspot.model import Model, bundled_model_path
+
+    model = Model(bundled_model_path())
+    settings = validate({"detector": {"thresholds": {"on": 0.42}}})
+    assert detector_settings(settings, model).thresholds["on"] == 0.42
+    with pytest.raises(KwspotError, match=r"my.yaml: detector.thresholds.halt is not one of the model's keywords"):
+        detector_settings(validate({"detector": {"thresholds": {"halt": 0.5}}}), model, where="my.yaml")
+
+
+def test_a_config_that_is_not_utf8_is_one_line_naming_the_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# r\u00e9glages\ndetector:\n  threshold: 0.7\n".encode("latin-1"))
+    with pytest.raises(KwspotError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at line 1\)"):
+        load_config(str(path))
+
+
+def test_yaml_aliases_are_refused_before_anything_expands(tmp_path):
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    bomb += [f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(8)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(bomb) + "\n")
+    with pytest.raises(KwspotError) as err:
+        load_config(str(path))
+    assert "aliases" in str(err.value) and len(str(err.value)) < 200
+
+
+def test_a_huge_bad_value_is_not_spelled_out_in_the_error(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("detector:\n  threshold: [" + ", ".join(["1"] * 5000) + "]\n")
+    with pytest.raises(KwspotError) as err:
+        load_config(str(path))
+    assert "detector.threshold" in str(err.value) and len(str(err.value)) < 200
+
+
+def test_the_thresholds_line_evaluate_prints_loads_as_config(tmp_path):
+    from kwspot.train.report import config_snippet
+
+    chosen = {"yes": 0.7, "no": 0.85, "on": 0.8, "off": 0.95, "null": 0.6}
+    path = tmp_path / "c.yaml"
+    path.write_text(config_snippet(chosen))
+    assert load_config(str(path))[0]["detector"]["thresholds"] == chosen

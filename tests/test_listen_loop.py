@@ -235,20 +235,37 @@ def test_sighup_reloads_thresholds_and_refuses_a_bad_config(monkeypatch, tmp_pat
 
 
 def test_reload_keeps_an_unchanged_socket_and_swaps_a_changed_one(tmp_path):
-    from kwspot.listen import reconcile_sinks
+    from kwspot.sinks import SinkContext, reconcile
     from kwspot.sinks.jsonl import JsonlSink
     from kwspot.sinks.socket import SocketSink
 
+    ctx = SinkContext("test", tty=False)
     old = validate(None)["sinks"] | {"socket": str(tmp_path / "a.sock")}
-    sinks = [socket_sink := SocketSink(old["socket"])]
+    sinks = {"socket": (socket_sink := SocketSink(old["socket"]))}
     try:
-        same = reconcile_sinks(sinks, old, dict(old))
-        assert same == [socket_sink]
-        with_jsonl = reconcile_sinks(same, old, old | {"jsonl": True})
-        assert with_jsonl[0] is socket_sink and isinstance(with_jsonl[1], JsonlSink)
-        moved = reconcile_sinks(with_jsonl, old | {"jsonl": True}, old | {"socket": str(tmp_path / "b.sock")})
-        assert len(moved) == 1 and moved[0] is not socket_sink
+        same = reconcile(sinks, old, dict(old), ctx)
+        assert same == {"socket": socket_sink}
+        with_jsonl = reconcile(same, old, old | {"jsonl": True}, ctx)
+        assert with_jsonl["socket"] is socket_sink and isinstance(with_jsonl["jsonl"], JsonlSink)
+        moved = reconcile(with_jsonl, old | {"jsonl": True}, old | {"socket": str(tmp_path / "b.sock")}, ctx)
+        assert list(moved) == ["socket"] and moved["socket"] is not socket_sink
         assert (tmp_path / "b.sock").exists() and not (tmp_path / "a.sock").exists()
     finally:
-        for sink in [socket_sink, *locals().get("moved", [])]:
+        for sink in [socket_sink, *locals().get("moved", {}).values()]:
             sink.close()
+
+
+def test_a_new_socket_that_cannot_open_leaves_the_running_sinks_alone(tmp_path):
+    from kwspot.errors import KwspotError
+    from kwspot.sinks import SinkContext, reconcile
+    from kwspot.sinks.socket import SocketSink
+
+    old = validate(None)["sinks"] | {"socket": str(tmp_path / "a.sock")}
+    sinks = {"socket": SocketSink(old["socket"])}
+    try:
+        with pytest.raises(KwspotError):
+            reconcile(sinks, old, old | {"jsonl": True, "socket": str(tmp_path / "no" / "b.sock")},
+                      SinkContext("test", tty=False))
+        assert (tmp_path / "a.sock").exists()
+    finally:
+        sinks["socket"].close()

@@ -1,4 +1,5 @@
-"""Stream builder ground truth, scoring, and the DET sweep on synthetic cases with known answers."""
+"""Stream builder ground truth (kwspot.train.streams), scoring and the DET sweep (kwspot.train.scoring)
+on synthetic cases with known answers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from kwspot import LABELS
 from kwspot.detector import DetectorSettings
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
-from kwspot.streams import Word, build_stream, pick_thresholds, replay, score, sweep
+from kwspot.train.scoring import pick_thresholds, replay, score, sweep
+from kwspot.train.streams import Word, build_stream
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SR = SAMPLE_RATE
@@ -56,7 +58,7 @@ def test_build_stream_mixes_noise_at_the_asked_snr():
 def test_score_counts_hits_and_every_kind_of_false_accept():
     words = [Word("yes", 1.0, 1.5), Word("no", 5.0, 5.4), Word("_unknown_", 9.0, 9.5), Word("go", 13.0, 13.3)]
     events = [("yes", 1.7), ("yes", 2.2), ("up", 5.6), ("no", 5.9), ("left", 9.8), ("stop", 20.0)]
-    r = score(words, events, seconds=3600.0)
+    r = score(words, events, seconds=3600.0, keywords=("yes", "no", "up", "left", "stop", "go"))
     assert r["hits"] == 2 and r["keywords"] == 3
     assert r["recall"] == pytest.approx(2 / 3)
     assert r["fa_kinds"] == {"duplicate": 1, "wrong_keyword": 1, "other_word": 1, "outside": 1}
@@ -122,3 +124,11 @@ def test_stream_probabilities_replay_equals_pipeline():
     live = [(e.keyword, round(e.t, 3)) for i in range(0, len(audio), 700) for e in pipe.feed(audio[i : i + 700])]
     t, p = stream_probabilities(model, audio)
     assert [(k, round(x, 3)) for k, x in replay(model.labels, t, p, settings)] == live
+
+
+def test_scoring_knows_only_the_models_keywords():
+    """A model for other words: its words are the keywords, everything else is another word."""
+    words = [Word("eight", 1.0, 1.5), Word("_unknown_", 5.0, 5.4)]
+    r = score(words, [("eight", 1.8), ("stop", 5.6)], seconds=60.0, keywords=("eight", "stop"))
+    assert r["hits"] == 1 and r["keywords"] == 1 and r["other_words"] == 1
+    assert r["fa_kinds"]["other_word"] == 1 and set(r["per_keyword"]) == {"eight", "stop"}

@@ -6,7 +6,9 @@ import logging
 import sys
 from typing import TextIO
 
+from kwspot.checks import choice
 from kwspot.events import Event
+from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 
 log = logging.getLogger("kwspot")
 
@@ -29,3 +31,10 @@ class JsonlSink:
 
     def close(self) -> None:
         pass
+
+
+def _build(cfg: SinkSettings, ctx: SinkContext) -> JsonlSink | None:
+    return JsonlSink() if cfg["jsonl"] else None
+
+
+SPEC = SinkSpec("jsonl", {"jsonl": (False, choice(True, False))}, _build)

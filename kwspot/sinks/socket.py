@@ -25,8 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kwspot.checks import number, octal_mode, optional, string
 from kwspot.errors import KwspotError
 from kwspot.events import Event
+from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 
 SOCKET_NAME = "kwspot.sock"
 SYSTEM_SOCKET = Path("/run/kwspot") / SOCKET_NAME
@@ -461,3 +463,22 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _build(cfg: SinkSettings, ctx: SinkContext) -> SocketSink | None:
+    if not cfg["socket"]:
+        return None
+    return SocketSink(cfg["socket"], mode=int(cfg["socket_mode"], 8),
+                      max_client_buffer=cfg["client_buffer_kb"] * 1024, logger=logging.getLogger("kwspot"))
+
+
+SPEC = SinkSpec(
+    "socket",
+    {
+        "socket": (None, optional(string)),
+        "socket_mode": ("0660", octal_mode),
+        "client_buffer_kb": (64, number(1, 65536, integer=True)),
+    },
+    _build,
+    retire=lambda sink: sink.close(linger=0),  # never hold the audio loop for a slow reader
+)

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kwspot import KEYWORDS, LABELS, SILENCE, UNKNOWN
+from kwspot import SILENCE, UNKNOWN
 from kwspot.frontend import WINDOW_SAMPLES
-from kwspot.train.data import to_float, word_bounds
+from kwspot.train.data import labels_for, to_float, word_bounds
 
 CLIP, FRAGMENT, SPEECH, NOISE = range(4)
-SILENCE_INDEX = LABELS.index(SILENCE)
-UNKNOWN_INDEX = LABELS.index(UNKNOWN)
+SILENCE_INDEX = labels_for(()).index(SILENCE)
+UNKNOWN_INDEX = labels_for(()).index(UNKNOWN)
+FIRST_KEYWORD = 2  # label indices from here on are keywords
 
 
 @dataclass
@@ -65,10 +66,15 @@ class Sources:
         return to_float(self.clips[index] if index < self.n_main else self.extra[index - self.n_main])
 
 
+def _keyword_ids(src: Sources) -> list[int]:
+    """The keyword label indices that have clips."""
+    return [int(k) for k in np.unique(src.labels) if k >= FIRST_KEYWORD]
+
+
 def epoch_plan(src: Sources, settings: AugmentSettings, rng: np.random.Generator) -> np.ndarray:
     """Rows of (kind, index, label) for one epoch: classes balanced, shuffled."""
     rows: list[np.ndarray] = []
-    keyword_ids = [LABELS.index(k) for k in KEYWORDS]
+    keyword_ids = _keyword_ids(src)
     per_class = [np.flatnonzero(src.labels == k) for k in keyword_ids]
     target = max((len(ix) for ix in per_class), default=0)
     for k, ix in zip(keyword_ids, per_class, strict=True):
@@ -206,12 +212,11 @@ def fixed_set(src: Sources, settings: AugmentSettings, seed: int, n_speech: int 
               fragment_share: float = 0.2, max_clips: int = 4000) -> tuple[np.ndarray, np.ndarray]:
     """A fixed held-out set: the clips (``max_clips`` at most; shifted, some noisy), fragments, speech, noise."""
     rng = np.random.default_rng(seed)
-    keyword_ids = [LABELS.index(k) for k in KEYWORDS]
-    keywords = np.flatnonzero(np.isin(src.labels, keyword_ids))
+    keywords = np.flatnonzero(src.labels >= FIRST_KEYWORD)
     chosen = np.arange(len(src.labels))
     if len(chosen) > max_clips:
         chosen = np.sort(rng.permutation(len(chosen))[:max_clips])
-    rows = [_rows(CLIP, chosen[src.labels[chosen] == k], k) for k in range(len(LABELS))]
+    rows = [_rows(CLIP, chosen[src.labels[chosen] == k], k) for k in np.unique(src.labels[chosen])]
     if settings.fragments and len(keywords):
         rows.append(_rows(FRAGMENT, rng.choice(keywords, int(fragment_share * len(keywords))), UNKNOWN_INDEX))
     if src.speech:

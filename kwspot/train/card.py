@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kwspot import LABELS
-
 
 def write_card(path: Path, meta: dict[str, Any], metrics: dict[str, dict[str, Any]], host: str = "") -> None:
     """Write a Markdown model card next to the model."""
     t = meta["training"]
+    labels = meta["labels"]
     lines = [
         f"# Model card: {path.stem} ({meta['arch']})",
         "",
@@ -20,15 +19,15 @@ def write_card(path: Path, meta: dict[str, Any], metrics: dict[str, dict[str, An
         "",
         "## Classes",
         "",
-        ", ".join(f"`{label}`" for label in LABELS),
+        ", ".join(f"`{label}`" for label in labels),
         "",
         "## Data (clips per class and split; speaker-disjoint lists, `_silence_` clips split by hash)",
         "",
-        "| split | " + " | ".join(LABELS) + " | total |",
-        "|---" * (len(LABELS) + 2) + "|",
+        "| split | " + " | ".join(labels) + " | total |",
+        "|---" * (len(labels) + 2) + "|",
     ]
     for split, counts in meta["data_counts"].items():
-        lines.append(f"| {split} | " + " | ".join(str(counts[x]) for x in LABELS) + f" | {sum(counts.values())} |")
+        lines.append(f"| {split} | " + " | ".join(str(counts[x]) for x in labels) + f" | {sum(counts.values())} |")
     e = meta["export"]
     lines += [
         "",

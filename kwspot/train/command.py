@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from kwspot import LABELS
+from kwspot import KEYWORDS, modelfile
 from kwspot.errors import KwspotError
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
 from kwspot.train.data import Dataset, clip_windows, load_long, scan, speech_files
@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="Speech Commands layout folder (WAV or FLAC)")
     parser.add_argument("--out", required=True, type=Path,
                         help="output stem, e.g. models/mine -> mine.tflite/.json/.md/.csv")
+    parser.add_argument("--keywords", type=keyword_list, default=KEYWORDS, metavar="WORD,...",
+                        help="the words the model fires on: word folders of --data (default: the ten commands)")
     parser.add_argument("--arch", default="default", choices=("default", "workshop"))
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
@@ -44,10 +46,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="decoded-audio cache (default ~/.cache/kwspot)")
 
 
+def keyword_list(text: str) -> tuple[str, ...]:
+    """``--keywords eight,stop`` -> ("eight", "stop"): distinct folder names, none starting with ``_``."""
+    words = tuple(w.strip() for w in text.split(","))
+    bad = [w for w in words if not w or w.startswith(("_", ".")) or "/" in w]
+    if bad or len(set(words)) != len(words):
+        raise argparse.ArgumentTypeError(f"expected distinct word folder names such as eight,stop, not {text[:60]!r}")
+    return words
+
+
 def run(args: argparse.Namespace) -> int:
     from kwspot.train import require_tensorflow
 
-    data = scan(args.data)  # bad input fails fast, before TensorFlow loads
+    data = scan(args.data, keywords=args.keywords)  # bad input fails fast, before TensorFlow loads
+    if data.missing_keywords():
+        raise KwspotError(f"{args.data}: no clips for keyword(s) {', '.join(data.missing_keywords())}")
     if not data.clips["train"]:
         raise KwspotError(f"{args.data}: no training clips (everything is in the validation or testing list)")
     for folder in args.negatives:
@@ -75,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"validation set: {len(val[1])} windows; speech files {len(train_src.speech)} train, "
                   f"{len(val_src.speech)} validation")
 
-    model = models.build(args.arch, seed=args.seed, specaugment=args.specaugment)
+    model = models.build(args.arch, seed=args.seed, specaugment=args.specaugment, n_labels=len(data.labels))
     rng = np.random.default_rng(args.seed + 1)
     plan = epoch_plan(train_src, aug, rng)[:2048]
     models.set_normalisation(model, [make_batch(train_src, plan[i : i + 256], aug, rng)[0]
@@ -84,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     best = loop.train(model, train_src, val, aug, settings, out.with_suffix(".csv"), console)
     macs = models.count_macs(model)
     meta: dict[str, Any] = {
+        "labels": list(data.labels),
         "arch": args.arch,
         "params": int(model.count_params()),
         "macs": macs,
@@ -91,26 +105,27 @@ def run(args: argparse.Namespace) -> int:
         "training": {**vars(args), "batch": settings.batch, "lr": settings.lr, **best},
         "data_counts": {s: data.counts(s) for s in data.clips},
     }
-    meta["training"] = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, list) else v)
-                        for k, v in meta["training"].items() if k != "func"}
+    meta["training"] = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, (list, tuple))
+                            else v) for k, v in meta["training"].items() if k != "func"}
     info = export.export(model, out, val[0], val[1], meta)
     console.print(f"wrote {out.with_suffix('.tflite')} ({info['format']}, {info['bytes']} bytes, "
                   f"{info['ms_per_window']} ms/window)")
-    from kwspot.evaluate import clip_report
     from kwspot.model import Model
     from kwspot.train.card import write_card
+    from kwspot.train.evaluate import clip_report
 
     lite = Model(out.with_suffix(".tflite"))
     metrics = {split: clip_report(lite, data, split, args.cache) for split in ("validation", "testing")
                if data.clips[split]}
     for split, m in metrics.items():
-        console.print(f"{split}: 12-way {m['accuracy_12']:.4f}  10-way {m['accuracy_10']:.4f}  "
+        console.print(f"{split}: {len(data.labels)}-way {m['accuracy_12']:.4f}  "
+                      f"keywords only {m['accuracy_10']:.4f}  "
                       f"balanced {m['balanced_accuracy']:.4f}  ({m['n']} clips)")
     meta["export"] = info
     meta["clip_metrics"] = {s: {k: m[k] for k in ("n", "accuracy_12", "accuracy_10", "balanced_accuracy")}
                             for s, m in metrics.items()}
-    sidecar = {"labels": list(LABELS), "sample_rate": 8000, "window_samples": 8000, "thresholds": {}, **meta}
-    export.write_sidecar(out.with_suffix(".tflite"), sidecar)
+    sidecar = {**lite.file.meta, **meta}
+    modelfile.write(out.with_suffix(".tflite"), sidecar)
     write_card(out.with_suffix(".md"), sidecar, metrics, host=platform.processor() or platform.machine())
     console.print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.csv')}")
     return 0
@@ -119,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 def _sources(data: Dataset, split: str, args: argparse.Namespace, console: Console) -> Sources:
     clips = data.clips[split]
     windows = clip_windows([c.path for c in clips], args.cache, progress=True)
-    labels = np.array([c.label_index for c in clips], dtype=np.int64)
+    labels = data.label_indices(split)
     noise = load_long(data.noise_files, "train" if split == "train" else "eval")
     speech: list[np.ndarray] = []
     for folder in args.negatives:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kwspot import KEYWORDS, LABELS, SILENCE, UNKNOWN
+from kwspot import KEYWORDS, SILENCE, UNKNOWN
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, fit_window, load_audio
 
@@ -61,23 +61,34 @@ def speech_files(folder: str | Path, split: str | None = None) -> list[Path]:
 class Clip:
     path: Path
     word: str  # the folder name
-    label: str  # one of LABELS
-
-    @property
-    def label_index(self) -> int:
-        return LABELS.index(self.label)
+    label: str  # one of the dataset's labels: a keyword, _unknown_ or _silence_
 
 
 @dataclass
 class Dataset:
-    """The clips of a Speech Commands folder, by split, plus its noise recordings."""
+    """The clips of a Speech Commands folder, by split, plus its noise recordings, labelled for ``keywords``."""
 
     root: Path
     clips: dict[str, list[Clip]] = field(default_factory=dict)
     noise_files: list[Path] = field(default_factory=list)
+    keywords: tuple[str, ...] = KEYWORDS
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's classes, in output order: ``_silence_``, ``_unknown_``, then the keywords."""
+        return labels_for(self.keywords)
+
+    def label_indices(self, split: str) -> np.ndarray:
+        index = {label: i for i, label in enumerate(self.labels)}
+        return np.array([index[c.label] for c in self.clips[split]], dtype=np.int64)
+
+    def missing_keywords(self) -> list[str]:
+        """Keywords with no clip in any split."""
+        present = {c.word for clips in self.clips.values() for c in clips}
+        return [k for k in self.keywords if k not in present]
 
     def counts(self, split: str) -> dict[str, int]:
-        counts = dict.fromkeys(LABELS, 0)
+        counts = dict.fromkeys(self.labels, 0)
         for clip in self.clips[split]:
             counts[clip.label] += 1
         return counts
@@ -90,14 +101,23 @@ def _read_list(root: Path, name: str | Path) -> set[str]:
     return {Path(line.strip()).with_suffix("").as_posix() for line in path.read_text().splitlines() if line.strip()}
 
 
-def label_of(word: str) -> str:
+def labels_for(keywords: tuple[str, ...]) -> tuple[str, ...]:
+    return (SILENCE, UNKNOWN, *keywords)
+
+
+def label_of(word: str, keywords: tuple[str, ...] = KEYWORDS) -> str:
     if word == SILENCE:
         return SILENCE
-    return word if word in KEYWORDS else UNKNOWN
+    return word if word in keywords else UNKNOWN
 
 
-def scan(root: str | Path, testing_list: str | Path = "testing_list.txt") -> Dataset:
-    """Index a Speech Commands folder (WAV or FLAC, any rate) into train/validation/testing."""
+def scan(root: str | Path, testing_list: str | Path = "testing_list.txt",
+         keywords: tuple[str, ...] = KEYWORDS) -> Dataset:
+    """Index a Speech Commands folder (WAV or FLAC, any rate) into train/validation/testing.
+
+    Folders named in ``keywords`` are keywords; every other word folder is ``_unknown_``.
+    """
+    keywords = tuple(keywords)
     root = Path(root)
     if not root.is_dir():
         raise KwspotError(f"{root}: no such data folder")
@@ -105,7 +125,7 @@ def scan(root: str | Path, testing_list: str | Path = "testing_list.txt") -> Dat
     testing = _read_list(root, testing_list)
     if Path(testing_list).name != "testing_list.txt" and not testing:
         raise KwspotError(f"{testing_list}: list missing or empty")
-    data = Dataset(root, {split: [] for split in SPLITS})
+    data = Dataset(root, {split: [] for split in SPLITS}, keywords=keywords)
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if folder.name == NOISE_DIR:
             data.noise_files = audio_files(folder)
@@ -118,12 +138,11 @@ def scan(root: str | Path, testing_list: str | Path = "testing_list.txt") -> Dat
                 split = which_set(path.name)
             else:
                 split = "validation" if key in validation else "testing" if key in testing else "train"
-            data.clips[split].append(Clip(path, folder.name, label_of(folder.name)))
+            data.clips[split].append(Clip(path, folder.name, label_of(folder.name, keywords)))
     if not any(data.clips.values()):
         raise KwspotError(f"{root}: no WAV or FLAC clips in word folders (Speech Commands layout expected)")
-    missing = [kw for kw in KEYWORDS if not any(c.word == kw for s in SPLITS for c in data.clips[s])]
-    if len(missing) == len(KEYWORDS):
-        raise KwspotError(f"{root}: none of the ten keyword folders ({', '.join(KEYWORDS)}) found")
+    if len(data.missing_keywords()) == len(keywords):
+        raise KwspotError(f"{root}: none of the keyword folders ({', '.join(keywords)}) found")
     return data
 
 

@@ -1,27 +1,31 @@
 """``kwspot evaluate``: clip accuracy on a list, or detection quality on a generated stream.
 
 Needs only the LiteRT runtime (no TensorFlow). Clip mode reads every listed
-clip through the daemon's front end and reports 12-way and 10-way accuracy,
-balanced accuracy, per-class precision/recall and the confusion matrix.
-Stream mode (:mod:`kwspot.streams`) runs the daemon's own pipeline code.
+clip through the daemon's front end and reports accuracy over all classes
+and over the keywords alone, balanced accuracy, per-class precision/recall
+and the confusion matrix. Stream mode builds a stream
+(:mod:`kwspot.train.streams`), runs the daemon's own pipeline over it
+(:func:`kwspot.pipeline.stream_probabilities`) and scores it
+(:mod:`kwspot.train.scoring`). The words are the model's: its sidecar says
+which labels are keywords, and the data folder is read accordingly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
-from kwspot import KEYWORDS, LABELS
+from kwspot.detector import DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.model import Model, bundled_model_path
+from kwspot.modelfile import save_thresholds
 from kwspot.train.data import Dataset, clip_windows, scan, to_float
+from kwspot.train.scoring import pick_thresholds, replay, score, sweep
+from kwspot.train.streams import Stream, StreamSpec, parse_snrs, split_streams
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +36,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG (confusion matrix, or DET curve)")
     parser.add_argument("--cache", type=Path, default=None, help="decoded-audio cache (default ~/.cache/kwspot)")
-    from kwspot.streams import add_stream_arguments
-
-    add_stream_arguments(parser)
+    g = parser.add_argument_group("stream mode")
+    g.add_argument("--stream", action="store_true", help="score detection on a generated stream of the listed clips")
+    g.add_argument("--snr", default="20,10,5", help="SNRs in dB for the words, comma separated, or 'clean'")
+    g.add_argument("--words", default="all", choices=("all", "keywords", "unknown"), help="which listed clips to speak")
+    g.add_argument("--minutes", type=float, default=0.0, help="repeat the clips until the stream is this long")
+    g.add_argument("--other-words-minutes", type=float, default=0.0,
+                   help="append this many minutes of the split's other (non-keyword) words, repeated")
+    g.add_argument("--speech", action="append", type=Path, default=[], metavar="DIR",
+                   help="continuous speech with none of the keywords (its split's files): false accepts on speech")
+    g.add_argument("--threshold", type=float, default=None, help="one threshold for all keywords (default: model's)")
+    g.add_argument("--target-fa-per-hour", type=float, default=None,
+                   help="choose per-keyword thresholds meeting this false-accept rate (all audio of the stream)")
+    g.add_argument("--save-thresholds", action="store_true",
+                   help="write the chosen thresholds into the model's sidecar")
+    g.add_argument("--seed", type=int, default=0, help="stream seed")
+    g.add_argument("--hop-ms", type=float, default=100.0)
+    g.add_argument("--smoothing-hops", type=int, default=DetectorSettings.smoothing_hops)
+    g.add_argument("--min-consecutive", type=int, default=DetectorSettings.min_consecutive)
+    g.add_argument("--refractory-s", type=float, default=DetectorSettings.refractory_s)
 
 
 def split_of_list(name: str) -> str:
@@ -42,24 +62,33 @@ def split_of_list(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = Model(args.model or bundled_model_path())
-    data = scan(args.data, args.list if split_of_list(args.list) == "testing" else "testing_list.txt")
-    split = split_of_list(args.list)
-    if args.plot is not None:
-        _need_matplotlib()
-    if getattr(args, "stream", False):
-        from kwspot.streams import run_stream
+    from rich.console import Console
 
-        return run_stream(model, data, split, args)
+    from kwspot.train import report
+
+    model = Model(args.model or bundled_model_path())
+    split = split_of_list(args.list)
+    data = scan(args.data, args.list if split == "testing" else "testing_list.txt", keywords=model.keywords)
+    if args.plot is not None:
+        report.need_matplotlib()
+    if args.stream:
+        result, rows = stream_result(model, data, split, args)
+        if args.json:
+            print(json.dumps(result, indent=2, default=float))
+        else:
+            report.print_stream_report(result, Console())
+        if args.plot is not None:
+            report.plot_det(rows, args.plot)
+        return 0
     if not data.clips[split]:
         raise KwspotError(f"{args.list}: lists no clips found under {args.data}")
-    report = clip_report(model, data, split, args.cache)
+    result = clip_report(model, data, split, args.cache)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(result, indent=2))
     else:
-        print_clip_report(report, Console())
+        report.print_clip_report(result, Console())
     if args.plot is not None:
-        plot_confusion(report, args.plot)
+        report.plot_confusion(result, args.plot)
     return 0
 
 
@@ -67,23 +96,26 @@ def clip_report(model: Model, data: Dataset, split: str, cache: Path | None = No
     """Accuracy figures of ``model`` on one split's clips (padded/cut to one second)."""
     clips = data.clips[split]
     windows = clip_windows([c.path for c in clips], cache)
-    y = np.array([LABELS.index(c.label) for c in clips])
-    probs = np.stack([model.predict(to_float(w)) for w in windows])
-    order = [model.labels.index(label) for label in LABELS]
-    return metrics(probs[:, order], y)
+    y = data.label_indices(split)
+    probs = np.stack([model.predict(to_float(w)) for w in windows]) if len(clips) else np.zeros((0, len(model.labels)))
+    order = [model.labels.index(label) for label in data.labels]
+    return metrics(probs[:, order], y, data.labels)
 
 
-def metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Clip metrics from probabilities in LABELS order and integer labels."""
+def metrics(probs: np.ndarray, y: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
+    """Clip metrics from probabilities in ``labels`` order and integer labels.
+
+    ``accuracy_12``: over all classes (12 for the ten commands); ``accuracy_10``: on keyword clips, among keywords.
+    """
     pred = np.argmax(probs, axis=1)
-    n = len(LABELS)
+    n = len(labels)
     confusion = np.zeros((n, n), dtype=np.int64)
     np.add.at(confusion, (y, pred), 1)
-    kw = np.array([LABELS.index(k) for k in KEYWORDS])
+    kw = np.array([i for i, label in enumerate(labels) if not label.startswith("_")])
     is_kw = np.isin(y, kw)
-    pred10 = kw[np.argmax(probs[:, kw], axis=1)]
+    pred10 = kw[np.argmax(probs[:, kw], axis=1)] if len(y) else pred
     per_class = {}
-    for i, label in enumerate(LABELS):
+    for i, label in enumerate(labels):
         support = int(confusion[i].sum())
         predicted = int(confusion[:, i].sum())
         per_class[label] = {
@@ -98,56 +130,61 @@ def metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         "accuracy_10": float(np.mean(pred10[is_kw] == y[is_kw])) if is_kw.any() else 0.0,
         "balanced_accuracy": float(np.mean(present)) if present else 0.0,
         "per_class": per_class,
-        "labels": list(LABELS),
+        "labels": list(labels),
         "confusion": confusion.tolist(),
     }
 
 
-def print_clip_report(report: dict[str, Any], console: Console) -> None:
-    console.print(f"{report['n']} clips: 12-way accuracy [bold]{report['accuracy_12']:.4f}[/], "
-                  f"10-way {report['accuracy_10']:.4f}, balanced {report['balanced_accuracy']:.4f}")
-    table = Table(title="confusion matrix (rows: truth, columns: prediction)")
-    table.add_column("truth")
-    short = [label.strip("_")[:5] for label in report["labels"]]
-    for s in short:
-        table.add_column(s, justify="right")
-    table.add_column("recall", justify="right")
-    table.add_column("precision", justify="right")
-    for label, row in zip(report["labels"], report["confusion"], strict=True):
-        pc = report["per_class"][label]
-        cells = [f"[bold]{v}[/]" if i == report["labels"].index(label) else (str(v) if v else "·")
-                 for i, v in enumerate(row)]
-        table.add_row(label, *cells, f"{pc['recall']:.3f}", f"{pc['precision']:.3f}")
-    console.print(table)
+def stream_spec(args: argparse.Namespace) -> StreamSpec:
+    if args.minutes < 0 or args.other_words_minutes < 0:
+        raise KwspotError("--minutes and --other-words-minutes must be 0 or more")
+    return StreamSpec(words=args.words, snrs=parse_snrs(args.snr), minutes=args.minutes,
+                      other_words_minutes=args.other_words_minutes, speech=tuple(args.speech), cache=args.cache)
 
 
-def _need_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise KwspotError("--plot needs matplotlib: pip install matplotlib") from None
+def probabilities(model: Model, stream: Stream, hop_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(t, probs) of the daemon's pipeline over a stream; empty for a stream shorter than a window."""
+    from kwspot.pipeline import stream_probabilities
+
+    if len(stream.audio) < model.window_samples:
+        return np.zeros(0), np.zeros((0, len(model.labels)), np.float32)
+    return stream_probabilities(model, stream.audio, hop_s)
 
 
-def plot_confusion(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+def stream_result(model: Model, data: Dataset, split: str,
+                  args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Build the split's streams, score them, sweep thresholds; (result, sweep rows)."""
+    if args.hop_ms <= 0:
+        raise KwspotError("--hop-ms must be more than 0")
+    words, speech = split_streams(data, split, stream_spec(args), np.random.default_rng(args.seed))
+    hop = args.hop_ms / 1000.0
+    t_w, p_w = probabilities(model, words, hop)
+    t_s, p_s = probabilities(model, speech, hop)
+    base = DetectorSettings(args.threshold if args.threshold is not None else 0.8,
+                            None if args.threshold is not None else model.thresholds or None,
+                            args.smoothing_hops, args.min_consecutive, args.refractory_s)
+    kws = model.keywords
+    result: dict[str, Any] = {"split": split, "settings": {"threshold": base.threshold,
+                                                         "thresholds": dict(base.thresholds or {})}}
+    result["words"] = score(words.words, replay(model.labels, t_w, p_w, base), words.seconds, kws)
+    if len(t_s):
+        result["speech"] = score([], replay(model.labels, t_s, p_s, base), speech.seconds, kws)
+    # the sweep treats the speech as more stream: one FA rate over all audio
+    times = np.concatenate((t_w, t_s + words.seconds + 10.0)) if len(t_s) else t_w
+    probs = np.concatenate((p_w, p_s)) if len(t_s) else p_w
+    total_s = words.seconds + speech.seconds
+    rows = sweep(model.labels, times, probs, words.words, total_s, base)
+    result["sweep"] = [{k: r[k] for k in ("threshold", "recall", "fa_per_hour", "false_accepts")} for r in rows]
+    if args.target_fa_per_hour is not None:
+        chosen = pick_thresholds(rows, args.target_fa_per_hour)
+        settings = DetectorSettings(0.8, chosen, base.smoothing_hops, base.min_consecutive, base.refractory_s)
+        reached = score(words.words, replay(model.labels, times, probs, settings), total_s, kws)
+        result["target"] = {"fa_per_hour": args.target_fa_per_hour, "thresholds": chosen, "result": _brief(reached)}
+        if args.save_thresholds:
+            save_thresholds(model.path, chosen)
+    return result, rows
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    conf = np.array(report["confusion"], dtype=float)
-    norm = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(LABELS)), LABELS, rotation=60)
-    ax.set_yticks(range(len(LABELS)), LABELS)
-    for i in range(len(LABELS)):
-        for j in range(len(LABELS)):
-            if conf[i, j]:
-                ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("prediction")
-    ax.set_ylabel("truth")
-    ax.set_title(f"12-way accuracy {report['accuracy_12']:.3f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}", file=sys.stderr)
+def _brief(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: r[k] for k in ("recall", "false_accepts", "fa_per_hour", "fa_per_keyword", "fa_kinds",
+                              "latency_median_s")}

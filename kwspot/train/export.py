@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kwspot import LABELS
+from kwspot import modelfile
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
 from kwspot.train import require_tensorflow
 
@@ -62,7 +59,7 @@ def ms_per_window(path: Path, repeats: int = 300) -> float:
 
 
 def export(model: Any, out: Path, x_val: np.ndarray, y_val: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write ``out``.tflite and ``out``.json; returns what was chosen and why."""
+    """Write ``out``.tflite and ``out``.json (``meta`` holds the ``labels``); returns what was chosen and why."""
     plain = convert(model, quantise=False)
     acc_plain = float(np.mean(np.argmax(litert_predict(plain, x_val), 1) == y_val))
     chosen, kind, acc_quant = plain, "float32", None
@@ -82,21 +79,10 @@ def export(model: Any, out: Path, x_val: np.ndarray, y_val: np.ndarray, meta: di
         "val_accuracy_float32": round(acc_plain, 4),
         "val_accuracy_quantised": None if acc_quant is None else round(acc_quant, 4),
     }
-    sidecar = {"labels": list(LABELS), "sample_rate": SAMPLE_RATE, "window_samples": WINDOW_SAMPLES,
-               "thresholds": {}, **meta, "export": info}
-    write_sidecar(tflite, sidecar)
+    sidecar = {"sample_rate": SAMPLE_RATE, "window_samples": WINDOW_SAMPLES, "thresholds": {}, **meta,
+               "export": info}
+    modelfile.write(tflite, sidecar)
     info["ms_per_window"] = round(ms_per_window(tflite), 3)
     sidecar["export"] = info
-    write_sidecar(tflite, sidecar)
+    modelfile.write(tflite, sidecar)
     return info
-
-
-def write_sidecar(tflite: Path, sidecar: dict[str, Any]) -> None:
-    path = tflite.with_suffix(".json")
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fh:
-        json.dump(sidecar, fh, indent=2)
-        fh.write("\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(fh.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; the daemon may run as another user
-    Path(fh.name).replace(path)

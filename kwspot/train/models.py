@@ -82,20 +82,21 @@ def specmask_layer_class() -> type:
     return SpecMask
 
 
-def build(arch: str, seed: int = 0, specaugment: bool = False) -> Any:
-    """A Keras model for ``arch``; ``specaugment`` masks log-mel bands and frames while training (default arch)."""
+def build(arch: str, seed: int = 0, specaugment: bool = False, n_labels: int = len(LABELS)) -> Any:
+    """A Keras model for ``arch`` with ``n_labels`` outputs; ``specaugment`` masks log-mel bands and frames
+    while training (default arch)."""
     require_tensorflow()
     import keras
 
     keras.utils.set_random_seed(seed)
     if arch == "workshop":
-        return _workshop(keras)
+        return _workshop(keras, n_labels)
     if arch == "default":
-        return _default(keras, specaugment, seed)
+        return _default(keras, n_labels, specaugment, seed)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
 
 
-def _workshop(keras: Any) -> Any:
+def _workshop(keras: Any, n_labels: int) -> Any:
     layers = keras.layers
     inp = keras.Input((WINDOW_SAMPLES,), name="audio")
     x = layers.Reshape((WINDOW_SAMPLES, 1))(inp)
@@ -106,11 +107,11 @@ def _workshop(keras: Any) -> Any:
     x = layers.Flatten()(x)
     x = layers.Dense(256, activation="relu")(x)
     x = layers.Dense(128, activation="relu")(x)
-    out = layers.Dense(len(LABELS), activation="softmax", name="probs")(x)
+    out = layers.Dense(n_labels, activation="softmax", name="probs")(x)
     return keras.Model(inp, out, name="workshop")
 
 
-def _default(keras: Any, specaugment: bool = False, seed: int = 0) -> Any:
+def _default(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0) -> Any:
     layers = keras.layers
     inp = keras.Input((WINDOW_SAMPLES,), name="audio")
     x = logmel_layer_class()(name="logmel")(inp)
@@ -123,7 +124,7 @@ def _default(keras: Any, specaugment: bool = False, seed: int = 0) -> Any:
     x = _residual(layers, x, 128, 2)
     x = layers.GlobalAveragePooling1D()(x)
     x = layers.Dropout(0.3)(x)
-    out = layers.Dense(len(LABELS), activation="softmax", name="probs")(x)
+    out = layers.Dense(n_labels, activation="softmax", name="probs")(x)
     return keras.Model(inp, out, name="default")
 
 

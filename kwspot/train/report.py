@@ -1,55 +1,16 @@
-"""Side-by-side report of models on the testing list: ``python -m kwspot.train.report --data DIR MODEL...``.
-
-For each model (at the thresholds in its sidecar): clip accuracy 12-way and
-10-way, a stream of all testing-list words over noise (20/10/5 dB SNR), the
-same stream clean, an hour of the other words only, and continuous speech
-(the testing share of ``--speech``). Numpy and LiteRT only.
-"""
+"""What evaluation prints and draws: clip and stream reports, the config snippet, plots, the models table."""
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-from kwspot.detector import DetectorSettings
-from kwspot.evaluate import clip_report
-from kwspot.model import Model
-from kwspot.pipeline import stream_probabilities
-from kwspot.streams import replay, score, stream_for
-from kwspot.train.data import scan
-
-
-def measure(model_path: Path, data_dir: Path, speech: list[Path], seed: int = 0) -> dict[str, Any]:
-    model = Model(model_path)
-    data = scan(data_dir)
-    meta = model.meta
-    clips = clip_report(model, data, "testing")
-    settings = DetectorSettings(0.8, model.thresholds or None)
-    out: dict[str, Any] = {
-        "model": str(model_path), "arch": meta.get("arch"), "params": meta.get("params"),
-        "macs": (meta.get("macs") or {}).get("total"), "ms_per_window": (meta.get("export") or {}).get("ms_per_window"),
-        "bytes": model_path.stat().st_size, "thresholds": model.thresholds,
-        "accuracy_12": clips["accuracy_12"], "accuracy_10": clips["accuracy_10"],
-        "balanced_accuracy": clips["balanced_accuracy"],
-    }
-    for name, words, snr, minutes in (("noisy", "all", "20,10,5", 0.0), ("clean", "all", "clean", 0.0),
-                                      ("other_words_hour", "unknown", "20,10,5", 60.0)):
-        args = argparse.Namespace(words=words, snr=snr, minutes=minutes, other_words_minutes=0.0,
-                                  speech=speech if name == "noisy" else [], cache=None)
-        stream, talk = stream_for(data, "testing", args, np.random.default_rng(seed))
-        t, p = stream_probabilities(model, stream.audio)
-        r = score(stream.words, replay(model.labels, t, p, settings), stream.seconds)
-        out[name] = {k: r[k] for k in ("seconds", "keywords", "other_words", "recall", "false_accepts", "fa_per_hour",
-                                       "fa_per_keyword", "fa_kinds", "latency_median_s")}
-        if len(talk.audio):
-            t, p = stream_probabilities(model, talk.audio)
-            s = score([], replay(model.labels, t, p, settings), talk.seconds)
-            out["speech"] = {k: s[k] for k in ("seconds", "false_accepts", "fa_per_hour")}
-    return out
+from kwspot.errors import KwspotError
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -81,19 +42,106 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--speech", type=Path, action="append", default=[])
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
-    parser.add_argument("models", type=Path, nargs="+")
-    args = parser.parse_args(argv)
-    rows = [measure(m, args.data, args.speech) for m in args.models]
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2, default=float) + "\n")
-    print(markdown(rows))
-    return 0
+def print_clip_report(report: dict[str, Any], console: Console) -> None:
+    n_labels, n_keywords = len(report["labels"]), len([x for x in report["labels"] if not x.startswith("_")])
+    console.print(f"{report['n']} clips: {n_labels}-way accuracy [bold]{report['accuracy_12']:.4f}[/], "
+                  f"{n_keywords}-way {report['accuracy_10']:.4f}, balanced {report['balanced_accuracy']:.4f}")
+    table = Table(title="confusion matrix (rows: truth, columns: prediction)")
+    table.add_column("truth")
+    short = [label.strip("_")[:5] for label in report["labels"]]
+    for s in short:
+        table.add_column(s, justify="right")
+    table.add_column("recall", justify="right")
+    table.add_column("precision", justify="right")
+    for label, row in zip(report["labels"], report["confusion"], strict=True):
+        pc = report["per_class"][label]
+        cells = [f"[bold]{v}[/]" if i == report["labels"].index(label) else (str(v) if v else "·")
+                 for i, v in enumerate(row)]
+        table.add_row(label, *cells, f"{pc['recall']:.3f}", f"{pc['precision']:.3f}")
+    console.print(table)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def need_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise KwspotError("--plot needs matplotlib: pip install matplotlib") from None
+
+
+def plot_confusion(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conf = np.array(report["confusion"], dtype=float)
+    norm = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    labels = report["labels"]
+    ax.set_xticks(range(len(labels)), labels, rotation=60)
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if conf[i, j]:
+                ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("truth")
+    ax.set_title(f"{len(labels)}-way accuracy {report['accuracy_12']:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def print_stream_report(result: dict[str, Any], console: Console) -> None:
+    w = result["words"]
+    lat = f"{w['latency_median_s']:.2f} s" if w["latency_median_s"] is not None else "n/a"
+    console.print(f"[bold]{result['split']} stream[/]: {w['seconds'] / 60:.1f} min, {w['keywords']} keywords, "
+                  f"{w['other_words']} other words")
+    console.print(f"  recall [bold]{w['recall']:.4f}[/], false accepts {w['false_accepts']} "
+                  f"({w['fa_per_hour']:.1f}/hour, {w['fa_per_keyword']:.2%} of keywords) {w['fa_kinds']}, "
+                  f"median latency {lat} after the word")
+    if "speech" in result:
+        s = result["speech"]
+        console.print(f"  continuous speech: {s['seconds'] / 60:.1f} min, {s['false_accepts']} false accepts "
+                      f"({s['fa_per_hour']:.1f}/hour)")
+    table = Table(title="DET sweep (one threshold for all keywords; false accepts over all audio)")
+    for col in ("threshold", "recall", "miss", "FA", "FA/hour"):
+        table.add_column(col, justify="right")
+    for r in result["sweep"]:
+        table.add_row(f"{r['threshold']:.2f}", f"{r['recall']:.4f}", f"{1 - r['recall']:.4f}",
+                      str(r["false_accepts"]), f"{r['fa_per_hour']:.1f}")
+    console.print(table)
+    if "target" in result:
+        t = result["target"]
+        console.print(f"thresholds for at most {t['fa_per_hour']:g} false accepts an hour: "
+                      f"recall {t['result']['recall']:.4f}, {t['result']['fa_per_hour']:.1f} FA/hour")
+        console.print(config_snippet(t["thresholds"]), markup=False)
+
+
+def config_snippet(thresholds: dict[str, float]) -> str:
+    """The lines to paste into config.yaml for these per-keyword thresholds (they load as written)."""
+    return "# config.yaml\ndetector:\n  thresholds: {" + ", ".join(
+        f"{k}: {v:.2f}" for k, v in thresholds.items()) + "}\n"
+
+
+def plot_det(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fa = [max(r["fa_per_hour"], 0.1) for r in rows]
+    ax.plot(fa, [1 - r["recall"] for r in rows], marker="o", ms=3)
+    for r, x in zip(rows, fa, strict=True):
+        if round(r["threshold"] * 100) % 10 == 0:
+            ax.annotate(f"{r['threshold']:.1f}", (x, 1 - r["recall"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("false accepts per hour")
+    ax.set_ylabel("miss rate")
+    ax.set_title("DET curve")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

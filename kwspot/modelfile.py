@@ -1,0 +1,126 @@
+"""The model's sidecar (``NAME.json`` beside ``NAME.tflite``): the one reader and writer.
+
+The sidecar is the contract between training and the daemon::
+
+    {"labels": ["_silence_", "_unknown_", "yes", ...],   # one per model output
+     "sample_rate": 8000, "window_samples": 8000,       # what the model is fed
+     "thresholds": {"yes": 0.8, ...},                   # optional, per keyword
+     ...}                                               # training facts, free form
+
+Every label that does not start with ``_`` is a keyword: it can fire. Nothing
+in the runtime names the words; they all come from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kwspot.errors import KwspotError
+
+
+def keywords_of(labels: Iterable[str]) -> tuple[str, ...]:
+    """The labels that fire: every one not starting with ``_``."""
+    return tuple(label for label in labels if not label.startswith("_"))
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """Where the labels and front-end settings of a model live."""
+    return Path(model_path).with_suffix(".json")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A checked sidecar: what the model hears and how it is fed."""
+
+    path: Path  # the sidecar itself
+    labels: tuple[str, ...]
+    sample_rate: int
+    window_samples: int
+    thresholds: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # the whole JSON object, training facts included
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        return keywords_of(self.labels)
+
+
+def _whole(meta: dict[str, Any], key: str, default: int, path: Path) -> int:
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise KwspotError(f"{path}: sidecar '{key}' must be a positive whole number, not {value!r:.40}")
+    return value
+
+
+def check_thresholds(thresholds: Any, keywords: Iterable[str], where: str) -> dict[str, float]:
+    """Per-keyword thresholds as floats, each a keyword of the model and a number from 0 to 1."""
+    keywords = tuple(keywords)
+    if not isinstance(thresholds, Mapping):
+        raise KwspotError(f"{where} must be a mapping of keyword to threshold, not {thresholds!r:.40}")
+    out = {}
+    for word, value in thresholds.items():
+        if word not in keywords:
+            raise KwspotError(f"{where}.{word!s:.40} is not one of the model's keywords ({', '.join(keywords)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise KwspotError(f"{where}.{word} must be a number from 0 to 1, not {value!r:.40}")
+        out[str(word)] = float(value)
+    return out
+
+
+def check(meta: Any, path: Path) -> ModelFile:
+    """Check a parsed sidecar; every problem is one line naming the file."""
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        raise KwspotError(f"{path}: sidecar has no list of 'labels'")
+    if len(set(labels)) != len(labels):
+        raise KwspotError(f"{path}: sidecar 'labels' repeat a name")
+    if not keywords_of(labels):
+        raise KwspotError(f"{path}: sidecar 'labels' name no keyword (every label starts with '_')")
+    thresholds = check_thresholds(meta.get("thresholds") or {}, keywords_of(labels), f"{path}: thresholds")
+    return ModelFile(
+        path=path,
+        labels=tuple(labels),
+        sample_rate=_whole(meta, "sample_rate", 8000, path),
+        window_samples=_whole(meta, "window_samples", 8000, path),
+        thresholds=thresholds,
+        meta=meta,
+    )
+
+
+def read(model_path: str | Path) -> ModelFile:
+    """Read and check the sidecar of ``model_path`` (the ``.tflite``)."""
+    path = sidecar_path(model_path)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KwspotError(f"{path}: model sidecar missing (labels and front-end settings)") from None
+    except (OSError, ValueError) as exc:
+        raise KwspotError(f"{path}: unreadable model sidecar ({str(exc):.80})") from None
+    return check(meta, path)
+
+
+def write(model_path: str | Path, meta: dict[str, Any]) -> ModelFile:
+    """Check ``meta`` and write it as the sidecar of ``model_path``, atomically (tmp file + rename)."""
+    path = sidecar_path(model_path)
+    checked = check(meta, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=2, default=str)
+        fh.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(fh.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; the daemon may run as another user
+    os.replace(fh.name, path)
+    return checked
+
+
+def save_thresholds(model_path: str | Path, thresholds: Mapping[str, float]) -> ModelFile:
+    """Replace the per-keyword thresholds in a model's sidecar, keeping everything else."""
+    meta = dict(read(model_path).meta)
+    meta["thresholds"] = dict(thresholds)
+    return write(model_path, meta)

@@ -220,7 +220,8 @@ class Listener:
         else:
             self.pipeline.detector = new_detector
             self.settings["detector"], self.settings["sinks"] = settings["detector"], settings["sinks"]
-            log.info("configuration reloaded from %s", path or "built-in defaults")
+            log.info("configuration reloaded from %s: threshold %g, sinks: %s", path or "built-in defaults",
+                     settings["detector"]["threshold"], ", ".join(self.sinks) or "none")
         self.notifier.ready()
 
     def close(self) -> None:

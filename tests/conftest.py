@@ -69,23 +69,21 @@ def speech_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("speech")
 
 
-def write_stream(path: Path, parts: list[np.ndarray], gap_s: float = 1.5, noise: float = 0.003, seed: int = 0) -> list:
-    """Concatenate 8 kHz clips with gaps over faint noise; returns each clip's (start, end) in seconds."""
-    rng = np.random.default_rng(seed)
-    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
-    audio, spans, t = [gap], [], gap.size
-    for clip in parts:
-        spans.append((t / SAMPLE_RATE, (t + clip.size) / SAMPLE_RATE))
-        audio += [clip, gap]
-        t += clip.size + gap.size
-    signal = np.concatenate(audio)
-    signal = signal + noise * rng.standard_normal(signal.size).astype(np.float32)
-    soundfile.write(path, signal, SAMPLE_RATE, subtype="PCM_16")
-    return spans
+def write_stream(path: Path, parts: list[np.ndarray], gap_s: float = 1.5, noise: float = 0.003, seed: int = 0,
+                 labels: list[str] | None = None) -> list:
+    """8 kHz clips with ``gap_s`` between their spoken parts over faint noise (kwspot's one stream builder);
+    writes a WAV and returns each word's spoken (start, end) in seconds."""
+    from kwspot.train.streams import build_stream
+
+    clips = list(zip(parts, labels or ["word"] * len(parts), strict=True))
+    stream = build_stream(clips, [], np.random.default_rng(seed), snrs=None, gap_s=(gap_s, gap_s), hiss=noise)
+    soundfile.write(path, stream.audio, SAMPLE_RATE, subtype="PCM_16")
+    return [(w.start, w.end) for w in stream.words]
 
 
-def trim(audio: np.ndarray, level: float = 0.02) -> np.ndarray:
-    """Cut leading and trailing near-silence from a clip."""
-    loud = np.flatnonzero(np.abs(audio) > level)
-    return audio[loud[0] : loud[-1] + 1] if loud.size else audio
+def trim(audio: np.ndarray) -> np.ndarray:
+    """The spoken part of a clip (kwspot's one word-bounds function)."""
+    from kwspot.train.data import word_bounds
 
+    start, end = word_bounds(audio)
+    return audio[start:end]

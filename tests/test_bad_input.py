@@ -50,6 +50,14 @@ def truncated_wav(tmp: Path) -> list[str]:
     return ["listen", "--input", str(path), "--fast", "--format", "jsonl"]
 
 
+def with_config_bytes(data: bytes) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        (tmp / "kw.yaml").write_bytes(data)
+        return [*wav("PCM_16")(tmp), "--config", str(tmp / "kw.yaml")]
+
+    return make
+
+
 def with_config(text: str) -> Callable[[Path], list[str]]:
     def make(tmp: Path) -> list[str]:
         (tmp / "kw.yaml").write_text(text)
@@ -128,7 +136,14 @@ CASES = {
     "unknown config section": (with_config("speakers:\n  volume: 3\n"), ["kw.yaml", "speakers"]),
     "wrong type": (with_config("detector:\n  refractory_s: soon\n"), ["detector.refractory_s"]),
     "negative threshold": (with_config("detector:\n  threshold: -0.2\n"), ["detector.threshold"]),
-    "threshold of unknown word": (with_config("detector:\n  thresholds: {halt: 0.5}\n"), ["halt"]),
+    "threshold of unknown word": (with_config("detector:\n  thresholds: {halt: 0.5}\n"), ["kw.yaml", "halt"]),
+    "threshold of a word the model lacks": (
+        with_config("detector:\n  thresholds: {marvin: 0.5}\n"), ["kw.yaml", "detector.thresholds.marvin", "keywords"]
+    ),
+    "config not UTF-8": (with_config_bytes("# r\u00e9glages\ndetector: {}\n".encode("latin-1")), ["kw.yaml", "UTF-8"]),
+    "YAML alias bomb": (with_config("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(9))),
+        ["kw.yaml", "aliases"]),
     "invalid yaml": (with_config("detector: {threshold: [0.5\n"), ["kw.yaml", "YAML"]),
     "missing config": (lambda tmp: ["listen", "--config", str(tmp / "none.yaml")], ["none.yaml"]),
     # model

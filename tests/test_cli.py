@@ -69,8 +69,9 @@ def events_from(stdout: str) -> list[dict]:
     return events
 
 
-def match(events: list[dict], spans: list, words: list[str], late_s: float = 1.2) -> tuple[int, int]:
-    """(hits, false accepts): an event counts once, for the word whose span it falls into."""
+def match(events: list[dict], spans: list, words: list[str], late_s: float = 1.5) -> tuple[int, int]:
+    """(hits, false accepts): an event counts once, for the word whose spoken span (plus 1 s for the window
+    to pass it, and 0.5 s slack, as kwspot.train.scoring counts) it falls into."""
     hits, used = 0, set()
     for (start, end), word in zip(spans, words, strict=True):
         for i, e in enumerate(events):

@@ -33,6 +33,8 @@ from rich.table import Table
 from kwspot import KEYWORDS
 from kwspot.frontend import SAMPLE_RATE, load_audio
 from kwspot.model import bundled_model_path
+from kwspot.train import streams as train_streams
+from kwspot.train.streams import Word
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH_COMMANDS = REPO.parent / "shared" / "speech_commands"
@@ -112,33 +114,16 @@ def sidecar(path: Path) -> dict:
 
 
 @dataclass
-class Word:
-    keyword: str
-    start: float  # seconds into the stream where the clip starts
-    end: float  # seconds where the clip (with its own trailing silence) ends
-    word_end: float  # seconds where the speech ends (trailing near-silence trimmed by energy)
-
-
-@dataclass
 class Stream:
+    """A word stream from kwspot's own builder (:func:`kwspot.train.streams.build_stream`) and what it is made of."""
+
     audio: np.ndarray  # float32 at 8 kHz
-    words: list[Word]
-    source: str  # what the words are made of
+    words: list[Word]  # label, and the spoken part's start and end in seconds
+    source: str
 
     @property
     def seconds(self) -> float:
         return self.audio.size / SAMPLE_RATE
-
-
-def speech_end(clip: np.ndarray, frame_ms: int = 10, below_peak_db: float = 30.0) -> float:
-    """Seconds from the clip's start to the end of its last frame within ``below_peak_db`` of the loudest frame."""
-    n = SAMPLE_RATE * frame_ms // 1000
-    frames = clip[: clip.size // n * n].reshape(-1, n)
-    if not frames.size:
-        return clip.size / SAMPLE_RATE
-    rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
-    loud = np.flatnonzero(rms > rms.max() * 10 ** (-below_peak_db / 20))
-    return (loud[-1] + 1) * n / SAMPLE_RATE
 
 
 def keyword_clips(count: int, seed: int = 0) -> tuple[list[tuple[str, np.ndarray]], str]:
@@ -166,19 +151,11 @@ def keyword_clips(count: int, seed: int = 0) -> tuple[list[tuple[str, np.ndarray
 
 
 def build_stream(words: int, gap_s: float = 1.5, noise: float = 0.003, seed: int = 0) -> Stream:
-    """Keyword clips separated by ``gap_s`` of silence, over faint white noise, with ground truth."""
+    """Keyword clips with ``gap_s`` of silence between spoken parts, over faint white noise, with ground truth."""
     clips, source = keyword_clips(words, seed)
-    rng = np.random.default_rng(seed)
-    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
-    parts, truth, pos = [gap], [], gap.size
-    for keyword, clip in clips:
-        start = pos / SAMPLE_RATE
-        truth.append(Word(keyword, start, start + clip.size / SAMPLE_RATE, start + speech_end(clip)))
-        parts += [clip, gap]
-        pos += clip.size + gap.size
-    audio = np.concatenate(parts)
-    audio += noise * rng.standard_normal(audio.size).astype(np.float32)
-    return Stream(np.clip(audio, -1, 1), truth, source)
+    stream = train_streams.build_stream([(clip, keyword) for keyword, clip in clips], [],
+                                        np.random.default_rng(seed), snrs=None, gap_s=(gap_s, gap_s), hiss=noise)
+    return Stream(stream.audio, stream.words, source)
 
 
 def write_wav(path: Path, audio: np.ndarray) -> Path:

@@ -66,15 +66,15 @@ def match(stream: Stream, events: list[tuple[float, dict]], wall_at: Callable[[f
     used: set[int] = set()
     for i, word in enumerate(stream.words):
         inside = [(j, a, e) for j, (a, e) in enumerate(events) if starts[i] <= a < starts[i + 1]]
-        hit = next(((j, a, e) for j, a, e in inside if e["keyword"] == word.keyword), None)
+        hit = next(((j, a, e) for j, a, e in inside if e["keyword"] == word.label), None)
         if hit is None:
             continue
         j, arrival, event = hit
         used.add(j)
-        latencies.append(1000 * (arrival - wall_at(word.word_end)))
+        latencies.append(1000 * (arrival - wall_at(word.end)))
         by_word[i] = latencies[-1]
         if offset is not None:
-            algorithmic.append(1000 * (event["t"] - offset - word.word_end))
+            algorithmic.append(1000 * (event["t"] - offset - word.end))
             processing.append(1000 * (arrival - wall_at(event["t"] - offset)))
     return {"lat": latencies, "alg": algorithmic, "proc": processing, "wrong": len(events) - len(used),
             "by_word": by_word}

@@ -1,8 +1,8 @@
-"""kwspot: a real-time keyword spotter for ten spoken commands."""
+"""kwspot: a real-time keyword spotter. The words it hears come from its model's sidecar."""
 
 __version__ = "0.1.0"
 
-KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # `kwspot train` default
 SILENCE = "_silence_"
 UNKNOWN = "_unknown_"
-LABELS = (SILENCE, UNKNOWN, *KEYWORDS)
+LABELS = (SILENCE, UNKNOWN, *KEYWORDS)  # the classes of a default-trained model, such as the bundled one

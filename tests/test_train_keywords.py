@@ -89,6 +89,18 @@ def test_a_model_trained_on_other_words_hears_them_through_listen(chirp_data: Pa
                            str(chirp_data / "stop" / "s23_nohash_0.wav"))
     assert predicted.returncode == 0 and json.loads(predicted.stdout)["label"] in (*KEYWORDS, "_unknown_")
 
+    evaluated = run_kwspot("evaluate", "--data", str(chirp_data), "--model", str(out.with_suffix(".tflite")),
+                           "--json", "--cache", str(tmp_path / "cache"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["labels"] == meta["labels"]
+    streamed = run_kwspot("evaluate", "--stream", "--snr", "clean", "--data", str(chirp_data), "--model",
+                          str(out.with_suffix(".tflite")), "--json", "--cache", str(tmp_path / "cache"),
+                          "--target-fa-per-hour", "60", "--save-thresholds")
+    assert streamed.returncode == 0, streamed.stderr
+    report = json.loads(streamed.stdout)
+    assert set(report["words"]["per_keyword"]) == set(KEYWORDS) and report["words"]["keywords"] == 4
+    assert set(json.loads(out.with_suffix(".json").read_text())["thresholds"]) == set(KEYWORDS)
+
     config.write_text("detector:\n  thresholds: {yes: 0.6}\n")  # a word this model does not have
     refused = run_kwspot("listen", "--input", str(tmp_path / "stream.wav"), "--fast", "--format", "jsonl",
                          "--model", str(out.with_suffix(".tflite")), "--config", str(config))

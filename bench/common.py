@@ -30,7 +30,8 @@ import soundfile
 from rich.console import Console
 from rich.table import Table
 
-from kwspot import KEYWORDS
+from kwspot import KEYWORDS, modelfile
+from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, load_audio
 from kwspot.model import bundled_model_path
 from kwspot.train import streams as train_streams
@@ -104,9 +105,10 @@ def describe_model(path: Path) -> str:
 
 
 def sidecar(path: Path) -> dict:
+    """The model's sidecar (through kwspot's one reader), or {} if it has none that reads."""
     try:
-        return json.loads(Path(path).with_suffix(".json").read_text())
-    except (OSError, ValueError):
+        return modelfile.read(path).meta
+    except KwspotError:
         return {}
 
 

@@ -3,7 +3,10 @@
 The loop owns no audio logic: it reads blocks from a source, feeds them to
 the pipeline, hands events to the sinks, keeps the systemd watchdog fed
 while audio flows, skips ahead when it falls behind, reports overflows at
-most once a second, and reloads thresholds and sinks on SIGHUP.
+most once a second, and on SIGHUP reloads thresholds and sinks from
+:func:`kwspot.settings.resolve` (the file again, and the same flags). Sinks
+come from the registry in :mod:`kwspot.sinks`; those that want it get a
+:class:`~kwspot.sinks.Status` after every block.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,7 +94,7 @@ def open_source(request: ListenRequest, settings: Settings) -> Source:
 class Listener:
     """One listening session: holds the source, pipeline, sinks and counters."""
 
-    def __init__(self, request: ListenRequest, settings: Settings, config_used: Any = None) -> None:
+    def __init__(self, request: ListenRequest, settings: Settings, config_used: Path | None = None) -> None:
         self.request = request
         self.settings = settings
         self._where = str(config_used or "config")

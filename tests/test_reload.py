@@ -75,7 +75,7 @@ def test_sighup_keeps_the_socket_jsonl_and_threshold_from_the_command_line(tmp_p
     daemon = Daemon("--config", str(config), "--socket", str(sock), "--format", "jsonl", "--threshold", "0.05")
     try:
         daemon.feed(np.zeros(RATE, np.float32))
-        wait_for(sock.exists, 30, "the socket")
+        wait_for(lambda: daemon.logged("serving events on"), 30, "the socket")  # bound and listening
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(str(sock))
         daemon.hup_and_wait("configuration reloaded")

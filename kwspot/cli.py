@@ -90,6 +90,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "devices": ("list audio input devices and their default rates", None, run_devices),
     "events": ("print events from a running daemon's socket",
                _lazy("kwspot.client", "add_arguments"), _lazy("kwspot.client", "run")),
+    "wyoming": ("serve keyword detection to Home Assistant (Wyoming protocol)",
+                _lazy("kwspot.wyoming_server", "add_arguments"), _lazy("kwspot.wyoming_server", "run")),
     "predict": ("classify one-second clips", _add_predict, run_predict),
     "train": ("train a model (needs kwspot[train])",
               _lazy("kwspot.train.command", "add_arguments"), _lazy("kwspot.train.command", "run")),

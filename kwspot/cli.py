@@ -35,6 +35,9 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
         help=f"serve events as JSON lines on a unix socket (default path: {default_socket_path()})",
     )
     out.add_argument("--no-console", action="store_true", help="no console view, even on a terminal")
+    out.add_argument("--exec", metavar="CMD",
+                     help="run the shell command CMD for every event (event JSON on stdin, $KWSPOT_KEYWORD, "
+                          "$KWSPOT_SCORE); replaces sinks.actions")
     _add_logging(p)
 
 

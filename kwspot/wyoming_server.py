@@ -85,7 +85,7 @@ class WakeService:
 
 def describe(model: Model, keywords: Sequence[str]) -> Info:
     """The ``info`` answer: one wake program whose models are the keywords."""
-    version = str(model.meta.get("trained") or model.path.stem)
+    version = model.version or model.name
     models = [
         WakeModel(
             name=word,

@@ -8,11 +8,15 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from clips import command_stream, pcm16
+from daemon import Daemon, write_config
 
-from conftest import wait_for
+from conftest import assert_one_line_error, run_kwspot, wait_for
 from kwspot.errors import KwspotError
 from kwspot.events import Event
+from kwspot.frontend import SAMPLE_RATE
 from kwspot.sinks.actions import Action, ActionsSink, parse_actions
 
 PY = sys.executable
@@ -170,3 +174,52 @@ def test_bad_actions_name_the_key(raw, culprit):
 def test_parse_actions():
     actions = parse_actions({"stop": ["echo", "hi"], "*": {"command": "echo $KWSPOT_KEYWORD", "shell": True}})
     assert actions == [Action("stop", ("echo", "hi")), Action("*", ("echo $KWSPOT_KEYWORD",), shell=True)]
+
+
+# ---- the daemon: `kwspot listen` with actions ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_action_sleeping_10_s_does_not_delay_the_next_event(tmp_path, speech_commands):
+    words, spans, audio = command_stream(speech_commands, tmp_path / "stream.wav")
+    half = int((spans[9][1] + spans[10][0]) / 2 * SAMPLE_RATE)
+    pause = pcm16(np.zeros(int(1.5 * SAMPLE_RATE), np.float32))
+    trace = tmp_path / "trace"
+    daemon = Daemon("--format", "jsonl", "--exec", f'echo "start $KWSPOT_T" >> {trace}; sleep 10; echo end >> {trace}')
+    daemon.feed(pcm16(audio[:half]) + pause)
+    wait_for(lambda: daemon.events and trace.exists(), 60, "an event and its action")
+    before = len(daemon.events)
+    daemon.feed(pcm16(audio[half:]) + pause)
+    wait_for(lambda: len(daemon.events) > before, 60, "the next event")
+    assert "end" not in trace.read_text()  # the first action is still asleep
+    assert daemon.finish() == 0, daemon.log
+    lines = trace.read_text().splitlines()
+    started = sorted(float(line.split()[1]) for line in lines if line.startswith("start"))
+    ended, events = lines.count("end"), daemon.events
+    # four at a time (actions_max_running), in the order of the events; the rest waited and were not run
+    assert started == [e["t"] for e in events[: min(len(events), 4 + ended)]]
+    assert f"{len(started) - ended} actions still running at exit killed" in daemon.log
+    assert f"{len(events) - len(started)} waiting actions not run" in daemon.log and "Traceback" not in daemon.log
+
+
+def test_config_actions_per_keyword(tmp_path, speech_commands):
+    words, spans, audio = command_stream(speech_commands, tmp_path / "stream.wav", per_word=1)
+    ran = tmp_path / "ran"
+    config = write_config(tmp_path / "config.yaml", actions={
+        "go": [PY, "-c", f"import os; open({str(ran)!r}, 'a').write(os.environ['KWSPOT_KEYWORD'] + '\\n')"],
+    })
+    result = run_kwspot("listen", "--config", str(config), "--input", str(tmp_path / "stream.wav"), "--fast")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    gos = [e for e in events if e["keyword"] == "go"]
+    assert gos and len(events) > len(gos), events
+    assert ran.read_text().splitlines() == ["go"] * len(gos)
+
+
+def test_an_action_for_a_word_the_model_lacks_gives_one_line(tmp_path):
+    config = write_config(tmp_path / "config.yaml", actions={"okay_nabu": ["true"]})
+    result = run_kwspot("listen", "--config", str(config), "--input", "-", input="", timeout=60)
+    assert_one_line_error(result, "sinks.actions.okay_nabu", "no such keyword")
+    config = write_config(tmp_path / "config.yaml", actions={"stop": ["no-such-program-kwspot"]})
+    result = run_kwspot("listen", "--config", str(config), "--input", "-", input="", timeout=60)
+    assert_one_line_error(result, "sinks.actions.stop", "no-such-program-kwspot")

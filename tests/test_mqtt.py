@@ -9,12 +9,16 @@ import socket
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from broker import Broker, Subscriber, need_mosquitto
+from clips import command_stream, pcm16
+from daemon import Daemon, write_config
 
-from conftest import wait_for
+from conftest import assert_one_line_error, run_kwspot, wait_for
 from kwspot.errors import KwspotError
 from kwspot.events import Event
+from kwspot.frontend import SAMPLE_RATE
 from kwspot.sinks.mqtt import MqttSink
 
 WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
@@ -205,3 +209,78 @@ def test_tls_on_request(tmp_path):
 def test_bad_settings_are_one_line_errors(kwargs, culprit):
     with pytest.raises(KwspotError, match=culprit):
         MqttSink("127.0.0.1", 1, **kwargs)
+
+
+# ---- the daemon: `kwspot listen` with the mqtt sink -------------------------------------------------------------
+
+
+def mqtt_settings(broker: Broker, **extra) -> dict:
+    return {"host": "127.0.0.1", "port": broker.port, "site": "den", **extra}
+
+
+@pytest.mark.slow
+def test_listen_publishes_every_event_of_a_stream(tmp_path, speech_commands, broker):
+    sub = Subscriber(broker, "kwspot/#")
+    command_stream(speech_commands, tmp_path / "stream.wav")
+    config = write_config(tmp_path / "config.yaml", mqtt=mqtt_settings(broker))
+    result = run_kwspot("listen", "--config", str(config), "--input", str(tmp_path / "stream.wav"), "--fast")
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(printed) >= 10, printed
+    wait_for(lambda: len(sub.messages) >= len(printed), 15, "every event")
+    assert payloads(sub) == printed
+    assert {t for t, _ in sub.messages} == {"kwspot/den/detected"} and {e["model"] for e in printed} == {"kwspot"}
+    sub.stop()
+
+
+def split_at_gaps(audio, spans, parts: int) -> list:
+    """Cut a stream in the middle of the gaps after every len(spans)/parts clips."""
+    step = len(spans) // parts
+    cuts = [int((spans[i * step - 1][1] + spans[i * step][0]) / 2 * SAMPLE_RATE) for i in range(1, parts)]
+    return [audio[a:b] for a, b in zip([0, *cuts], [*cuts, len(audio)], strict=True)]
+
+
+@pytest.mark.slow
+def test_a_broker_restart_under_the_running_daemon(tmp_path, speech_commands, broker):
+    sub = Subscriber(broker, "kwspot/#", "kwspot-daemon-sub")  # persistent: keeps what arrives while it is away
+    words, spans, audio = command_stream(speech_commands, tmp_path / "stream.wav")
+    pause = pcm16(np.zeros(int(1.5 * SAMPLE_RATE), np.float32))
+    first, second, third = (pcm16(part) + pause for part in split_at_gaps(audio, spans, 3))
+    config = write_config(tmp_path / "config.yaml", mqtt=mqtt_settings(broker, qos=1))
+    daemon = Daemon("--config", str(config))
+    heard = lambda: {(p["keyword"], p["t"]) for p in payloads(sub)}  # noqa: E731
+    printed = lambda: {(e["keyword"], e["t"]) for e in daemon.events}  # noqa: E731
+
+    daemon.feed(first)
+    wait_for(lambda: printed() and heard() == printed(), 60, "the first part's events, published")
+    broker.stop()
+    wait_for(lambda: "lost the broker" in daemon.log, 30, "the daemon to notice")
+    before = len(daemon.events)
+    daemon.feed(second)  # the broker is down: events keep coming on stdout
+    wait_for(lambda: len(daemon.events) > before, 60, "events while the broker is down")
+    broker.start()
+    wait_for(lambda: f"connected to 127.0.0.1:{broker.port} again" in daemon.log, 30, "the reconnect")
+    wait_for(lambda: heard() == printed(), 30, "what waited in the queue")
+    daemon.feed(third)
+    assert daemon.finish() == 0, daemon.log
+    wait_for(lambda: heard() == printed(), 30, "every event")
+    assert len(daemon.events) >= 10 and "dropped" not in daemon.log and "Traceback" not in daemon.log
+    sub.stop()
+
+
+@pytest.mark.parametrize(
+    "mqtt, culprit",
+    [
+        ({"prot": 1883}, "sinks.mqtt.prot"),
+        ({"qos": 3}, "sinks.mqtt.qos"),
+        ({"site": "a/b"}, "sinks.mqtt.site"),
+        ({"topic": "kwspot/#"}, "sinks.mqtt.topic"),
+        ({"port": "1883"}, "sinks.mqtt.port"),
+        ("localhost", "sinks.mqtt"),
+        ({"username": "kw", "password_file": "/nonexistent/pw"}, "/nonexistent/pw"),
+    ],
+)
+def test_bad_mqtt_settings_give_one_line(tmp_path, mqtt, culprit):
+    config = write_config(tmp_path / "config.yaml", mqtt=mqtt)
+    result = run_kwspot("listen", "--config", str(config), "--input", "-", input="", timeout=60)
+    assert_one_line_error(result, culprit)

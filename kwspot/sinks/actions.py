@@ -19,12 +19,15 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
+from kwspot.checks import number, show
 from kwspot.errors import KwspotError
 from kwspot.events import Event
+from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 
 ANY = "*"
 MAX_LOGGED_LINES = 50  # per run; the rest is read and discarded
@@ -104,6 +107,7 @@ class ActionsSink:
         with self._cond:
             self._waiting -= 1
             if self._closing:
+                self.dropped += 1
                 self._cond.notify_all()
                 return
         env = {
@@ -166,7 +170,11 @@ class ActionsSink:
             _kill_group(proc)
         if left:
             self.log.warning("%d action%s still running at exit killed", len(left), "" if len(left) == 1 else "s")
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        before = self.dropped
+        self._pool.shutdown(wait=True)
+        skipped = self.dropped - before
+        if skipped:
+            self.log.warning("%d waiting action%s not run", skipped, "" if skipped == 1 else "s")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -179,23 +187,64 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def parse_actions(raw: object, where: str = "actions") -> list[Action]:
     """Actions from the config: ``{keyword: [arg, ...]}`` or ``{keyword: {command: ..., shell: bool}}``."""
     if not isinstance(raw, dict):
-        raise KwspotError(f"{where} must map a keyword (or '*') to a command")
+        raise KwspotError(f"config: {where} must map a keyword (or '*') to a command, not {show(raw)}")
     actions = []
     for keyword, spec in raw.items():
+        name = f"{where}.{show(keyword)}" if not isinstance(keyword, str) else f"{where}.{keyword}"
+        if not isinstance(keyword, str) or not keyword:
+            raise KwspotError(f"config: {name} is not a keyword")
         shell = False
         if isinstance(spec, dict):
             unknown = set(spec) - {"command", "shell"}
             if unknown:
-                raise KwspotError(f"{where}.{keyword}: unknown key {sorted(unknown)[0]!r} (known: command, shell)")
+                raise KwspotError(f"config: {name}: unknown key {show(sorted(map(str, unknown))[0])} "
+                                  "(known: command, shell)")
             shell = spec.get("shell", False)
             if not isinstance(shell, bool):
-                raise KwspotError(f"{where}.{keyword}.shell must be true or false, not {shell!r}")
+                raise KwspotError(f"config: {name}.shell must be true or false, not {show(shell)}")
             spec = spec.get("command")
-        command: Sequence[object] = [spec] if isinstance(spec, str) and shell else spec  # type: ignore[assignment]
-        if not isinstance(command, list | tuple):
-            raise KwspotError(f"{where}.{keyword}: the command must be a list of arguments (or shell: true)")
+        command = [spec] if isinstance(spec, str) and shell else spec
+        if not isinstance(command, (list, tuple)):
+            raise KwspotError(f"config: {name}: the command must be a list of arguments (or shell: true), "
+                              f"not {show(command)}")
         try:
-            actions.append(Action(str(keyword), tuple(command), shell))  # type: ignore[arg-type]
+            actions.append(Action(keyword, tuple(command), shell))
         except KwspotError as exc:
-            raise KwspotError(f"{where}.{keyword}: {str(exc).split(': ', 1)[1]}") from None
+            raise KwspotError(f"config: {name}: {str(exc).split(': ', 1)[1]}") from None
     return actions
+
+
+def check_actions(key: str, value: Any) -> dict[str, dict[str, Any]]:
+    """``sinks.actions``, checked and in one shape: keyword -> {command: [...], shell: bool}."""
+    if value is None:
+        return {}
+    return {a.keyword: {"command": list(a.command), "shell": a.shell} for a in parse_actions(value, key)}
+
+
+def _build(cfg: SinkSettings, ctx: SinkContext) -> ActionsSink | None:
+    if not cfg["actions"]:
+        return None
+    actions = parse_actions(cfg["actions"], "sinks.actions")
+    for action in actions:
+        if ctx.keywords and action.keyword != ANY and action.keyword not in ctx.keywords:
+            raise KwspotError(f"sinks.actions.{action.keyword}: the model has no such keyword "
+                              f"(it has {', '.join(ctx.keywords)})")
+    return ActionsSink(actions, max_running=cfg["actions_max_running"], timeout_s=cfg["actions_timeout_s"])
+
+
+def _retire(sink: ActionsSink) -> None:
+    """A reload replaced it: running commands may finish (up to their timeout), off the audio loop's thread."""
+    threading.Thread(target=sink.close, kwargs={"wait_s": sink.timeout_s}, name="kwspot-actions-retire",
+                     daemon=True).start()
+
+
+SPEC = SinkSpec(
+    "actions",
+    {
+        "actions": ({}, check_actions),
+        "actions_max_running": (4, number(1, 64, integer=True)),
+        "actions_timeout_s": (30.0, number(0.1, 86400.0)),
+    },
+    _build,
+    retire=_retire,
+)

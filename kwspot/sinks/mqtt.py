@@ -26,15 +26,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-
+from kwspot.checks import choice, number, optional, show, string
 from kwspot.errors import KwspotError
 from kwspot.events import Event
+from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 
 DROP_LOG_INTERVAL_S = 5.0
 RECONNECT_MIN_S = 1
-RECONNECT_MAX_S = 30
+RECONNECT_MAX_S = 10
 
 
 def default_site() -> str:
@@ -112,7 +111,9 @@ class MqttSink:
         self._failures = 0
         self._closing = False
 
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "", clean_session=True)
+        import paho.mqtt.client as paho  # here, not at the top: the config imports this module, listen need not
+
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id or "", clean_session=True)
         self.client.enable_logger(logging.getLogger("kwspot.mqtt"))  # paho's own chatter, silent by default
         if username:
             self.client.username_pw_set(username, read_password(password_file) if password_file else None)
@@ -190,6 +191,9 @@ class MqttSink:
             payload = json.dumps(hermes_payload(self.site, self.model_id, self.model_version, sensitivity))
         else:
             topic, payload = self.topic, event.to_json()
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import MQTTErrorCode
+
         info = self.client.publish(topic, payload, qos=self.qos, retain=self.retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and self.qos == 0:
             return False  # (with QoS 1 and 2, paho keeps the message and sends it once reconnected)
@@ -205,7 +209,7 @@ class MqttSink:
         return True
 
     # ---- paho's thread: connection state ------------------------------------------------------------------
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             self._failure(f"refused: {reason}")
             return
@@ -215,14 +219,14 @@ class MqttSink:
         self.log.info("mqtt: connected to %s%s", self.where, " again" if self._was_connected else "")
         self._was_connected = True
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         with self._cond:
             was, self._connected = self._connected, False
             closing = self._closing
         if was and not closing:
             self.log.warning("mqtt: lost the broker at %s (%s); reconnecting", self.where, reason)
 
-    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         self._failure("unreachable")
 
     def _failure(self, why: str) -> None:
@@ -248,3 +252,70 @@ class MqttSink:
     def _report_drops(self, force: bool = False) -> None:
         with self._cond:
             self._report_drops_locked(force)
+
+
+# ---- settings: ``sinks.mqtt`` ----------------------------------------------------------------------------------
+
+
+def _topic_part(key: str, value: Any) -> str:
+    string(key, value)
+    if any(c in value for c in "+#/"):
+        raise KwspotError(f"config: {key} must not contain '+', '#' or '/', not {show(value)}")
+    return value
+
+
+def _topic(key: str, value: Any) -> str:
+    string(key, value)
+    if any(c in value for c in "+#"):
+        raise KwspotError(f"config: {key} is a topic to publish to: no '+' or '#' wildcards, not {show(value)}")
+    return value
+
+
+_flag = choice(True, False)
+MQTT_KEYS: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
+    "host": ("localhost", string),
+    "port": (1883, number(1, 65535, integer=True)),
+    "client_id": (None, optional(string)),
+    "topic": (None, optional(_topic)),  # None: kwspot/<site>/detected
+    "site": (None, optional(_topic_part)),  # None: this machine's host name
+    "qos": (0, choice(0, 1, 2)),
+    "retain": (False, _flag),
+    "username": (None, optional(string)),
+    "password_file": (None, optional(string)),
+    "tls": (False, _flag),
+    "ca_file": (None, optional(string)),  # None: the system's CA certificates
+    "hermes": (False, _flag),
+    "queue": (100, number(1, 100000, integer=True)),
+}
+
+
+def check_mqtt(key: str, value: Any) -> dict[str, Any] | None:
+    """``sinks.mqtt``: null (off) or a mapping of the keys above; keys left out keep their defaults."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise KwspotError(f"config: {key} must be null or a mapping ({', '.join(MQTT_KEYS)}), not {show(value)}")
+    settings = {name: default for name, (default, _) in MQTT_KEYS.items()}
+    for name, item in value.items():
+        if name not in MQTT_KEYS:
+            shown = name if isinstance(name, str) and len(name) <= 40 else show(name)
+            raise KwspotError(f"config: unknown key '{key}.{shown}' (known: {', '.join(MQTT_KEYS)})")
+        settings[name] = MQTT_KEYS[name][1](f"{key}.{name}", item)
+    return settings
+
+
+def _build(cfg: SinkSettings, ctx: SinkContext) -> MqttSink | None:
+    mqtt = cfg["mqtt"]
+    if mqtt is None:
+        return None
+    return MqttSink(**mqtt, model_id=ctx.model or "kwspot", model_version=ctx.model_version, thresholds=ctx.thresholds)
+
+
+def _retire(sink: MqttSink) -> None:
+    """A reload replaced it: let it finish off the audio loop's thread."""
+    threading.Thread(target=sink.close, kwargs={"linger_s": 1.0}, name="kwspot-mqtt-retire", daemon=True).start()
+
+
+SPEC = SinkSpec("mqtt", {"mqtt": (None, check_mqtt)}, _build, retire=_retire)

@@ -165,6 +165,7 @@ def test_real_commands_are_detected_as_listen_detects_them(server, real_stream, 
     right = {ms for name, ms in got if word_at(ms, words, spans) == name}
     assert len(right) >= 0.7 * len(words), (got, words)
     assert len(got) - len(right) <= 2, got
+    assert '"model":"kwspot"' in server.log  # each detection is logged as the event JSON
 
 
 def test_detection_arrives_while_streaming(server, real_stream):

@@ -223,3 +223,25 @@ def test_an_action_for_a_word_the_model_lacks_gives_one_line(tmp_path):
     config = write_config(tmp_path / "config.yaml", actions={"stop": ["no-such-program-kwspot"]})
     result = run_kwspot("listen", "--config", str(config), "--input", "-", input="", timeout=60)
     assert_one_line_error(result, "sinks.actions.stop", "no-such-program-kwspot")
+
+
+def test_a_reload_swaps_the_actions_without_waiting_for_running_ones(tmp_path):
+    from kwspot.config import DEFAULTS
+    from kwspot.sinks import SinkContext, build_sinks, close_sinks, reconcile
+    from kwspot.sinks.actions import check_actions
+
+    ctx = SinkContext("test", tty=False, keywords=("go", "stop"))
+    actions = check_actions("sinks.actions", {"go": list(gate(tmp_path))})
+    old = {**DEFAULTS["sinks"], "console": False, "actions": actions}
+    sinks = build_sinks(old, ctx)
+    sinks["actions"].emit(Event("go", 0.9, 1.0))
+    wait_for(lambda: list(tmp_path.glob("start-*")), 30, "the old action to start")
+    marker = tmp_path / "new"
+    new = {**old, "actions": check_actions("sinks.actions", {"go": [PY, "-c", f"open({str(marker)!r}, 'w')"]})}
+    sinks = reconcile(sinks, old, new, ctx)  # returns while the old action still waits for its gate
+    assert not list(tmp_path.glob("end-*"))
+    sinks["actions"].emit(Event("go", 0.9, 2.0))
+    wait_for(marker.exists, 30, "the new action")
+    (tmp_path / "open").touch()
+    wait_for(lambda: list(tmp_path.glob("end-*")), 30, "the old action to finish in the background")
+    close_sinks(sinks)

@@ -3,7 +3,7 @@
 A command is a list of arguments, run without a shell unless ``shell`` is
 set (then it is one ``/bin/sh -c`` line). It gets the event as one JSON line
 on stdin and ``KWSPOT_KEYWORD``, ``KWSPOT_SCORE``, ``KWSPOT_T``,
-``KWSPOT_TIME`` in its environment; what it prints (stdout and stderr) goes
+``KWSPOT_TIME``, ``KWSPOT_MODEL`` in its environment; what it prints (stdout and stderr) goes
 to the log, line by line. At most ``max_running`` commands run at once, in a
 process group of their own that is killed after ``timeout_s``. ``emit`` only
 queues: a slow or failing command never delays detection. Past ``queue``
@@ -112,7 +112,7 @@ class ActionsSink:
                 return
         env = {
             **os.environ, "KWSPOT_KEYWORD": event.keyword, "KWSPOT_SCORE": f"{event.score:.4f}",
-            "KWSPOT_T": f"{event.t:.3f}", "KWSPOT_TIME": event.time,
+            "KWSPOT_T": f"{event.t:.3f}", "KWSPOT_TIME": event.time, "KWSPOT_MODEL": event.model,
         }
         try:
             proc = subprocess.Popen(

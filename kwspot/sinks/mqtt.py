@@ -188,7 +188,8 @@ class MqttSink:
         if self.hermes:
             topic = f"hermes/hotword/{event.keyword}/detected"
             sensitivity = 1.0 - self.thresholds.get(event.keyword, 0.0)
-            payload = json.dumps(hermes_payload(self.site, self.model_id, self.model_version, sensitivity))
+            model = event.model or self.model_id
+            payload = json.dumps(hermes_payload(self.site, model, self.model_version, sensitivity))
         else:
             topic, payload = self.topic, event.to_json()
         import paho.mqtt.client as paho

@@ -363,3 +363,21 @@ def test_a_port_in_use_or_a_file_in_the_way_gives_one_line(tmp_path):
     (tmp_path / "file").write_text("mine")
     assert_one_line_error(run_kwspot("wyoming", "--uri", f"unix://{tmp_path / 'file'}", timeout=60), "not a socket")
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_zeroconf_announces_the_service_for_home_assistant():
+    zeroconf = pytest.importorskip("zeroconf", reason="pip install 'kwspot[zeroconf]'")
+    name = f"kwspot-test-{os.getpid()}"
+    try:
+        s = Server("--zeroconf", name)
+    except AssertionError as exc:
+        if "cannot announce" in str(exc):
+            pytest.skip(f"no multicast here: {exc}")
+        raise
+    try:
+        zc = zeroconf.Zeroconf()
+        info = zc.get_service_info("_wyoming._tcp.local.", f"{name}._wyoming._tcp.local.", timeout=10000)
+        zc.close()
+        assert info is not None and info.port == s.port and "127.0.0.1" in info.parsed_addresses()
+    finally:
+        assert s.stop() == 0, s.log

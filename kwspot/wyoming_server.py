@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -286,13 +286,28 @@ async def _watchdog(notifier: SystemdNotifier) -> None:
         await asyncio.sleep(interval / 3)
 
 
-async def serve(service: WakeService, uri: str, zeroconf: str | None = None) -> None:
-    """Serve until SIGINT/SIGTERM (or, on stdio, until stdin ends)."""
+def _reload(service: WakeService, settings: Callable[[], DetectorSettings], notifier: SystemdNotifier) -> None:
+    """SIGHUP: new detector settings from the config for the connections that start from now on."""
+    notifier.reloading()
+    try:
+        service.detector = settings()
+    except KwspotError as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+    else:
+        log.info("detector settings reloaded (new audio streams use them)")
+    notifier.ready()
+
+
+async def serve(service: WakeService, uri: str, zeroconf: str | None = None,
+                reload: Callable[[], DetectorSettings] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or, on stdio, until stdin ends); SIGHUP calls ``reload``."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     notifier = SystemdNotifier()
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload, service, reload, notifier)
     parsed = urlparse(uri)
     words = ", ".join(service.keywords)
     if parsed.scheme == "stdio":
@@ -346,15 +361,21 @@ def run(args: argparse.Namespace) -> int:
     from kwspot.logs import setup_logging
     from kwspot.settings import resolve
 
-    flags = {"model.path": args.model, "detector.threshold": args.threshold,
+    given = {"model.path": args.model, "detector.threshold": args.threshold,
              "logging.level": args.log_level, "logging.format": args.log_format}
-    settings, path = resolve(args.config, {k: v for k, v in flags.items() if v is not None})
+    flags = {k: v for k, v in given.items() if v is not None}
+    settings, path = resolve(args.config, flags)
     check_uri(args.uri, args.zeroconf)
     setup_logging(settings["logging"]["level"], settings["logging"]["format"])
     log.debug("config: %s", path or "built-in defaults")
     model = load_model(settings)
     detector = detector_settings(settings, model, args.threshold is not None, str(path or "config"))
     service = WakeService(model, detector, hop_s=settings["detector"]["hop_ms"] / 1000)
-    asyncio.run(serve(service, args.uri, args.zeroconf))
+
+    def reread() -> DetectorSettings:  # the file again, the flags again (they outlive a reload)
+        fresh, where = resolve(args.config, flags)
+        return detector_settings(fresh, model, args.threshold is not None, str(where or "config"))
+
+    asyncio.run(serve(service, args.uri, args.zeroconf, reread))
     log.info("stopped")
     return 0

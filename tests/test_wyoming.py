@@ -45,7 +45,7 @@ def free_port() -> int:
 class Server:
     """`kwspot wyoming` as a subprocess, its stderr collected by a thread."""
 
-    def __init__(self, *args: str, uri: str | None = None) -> None:
+    def __init__(self, *args: str, uri: str | None = None, ready: str = "serving Wyoming") -> None:
         self.port = free_port()
         self.uri = uri or f"tcp://127.0.0.1:{self.port}"
         env = {**os.environ, "KWSPOT_CONFIG": "", "PYTHONUNBUFFERED": "1"}
@@ -55,7 +55,7 @@ class Server:
         )
         self.lines: list[str] = []
         threading.Thread(target=self._collect, daemon=True).start()
-        wait_for(lambda: "serving Wyoming" in self.log or self.proc.poll() is not None, 60, "the server to start")
+        wait_for(lambda: ready in self.log or self.proc.poll() is not None, 60, "the server to start")
         assert self.proc.poll() is None, self.log
 
     def _collect(self) -> None:
@@ -379,5 +379,25 @@ def test_zeroconf_announces_the_service_for_home_assistant():
         info = zc.get_service_info("_wyoming._tcp.local.", f"{name}._wyoming._tcp.local.", timeout=10000)
         zc.close()
         assert info is not None and info.port == s.port and "127.0.0.1" in info.parsed_addresses()
+    finally:
+        assert s.stop() == 0, s.log
+
+
+def test_sighup_rereads_the_detector_settings_for_new_streams(tmp_path, real_stream):
+    words, spans, pcm = real_stream
+    cut = pcm[: 12 * HA_RATE * 2]
+    config = tmp_path / "config.yaml"
+    config.write_text("detector: {min_consecutive: 50}\n")  # 5 s above threshold: no word is that long
+    s = Server("--config", str(config))
+    try:
+        assert detections(over_tcp(s.port, cut)) == []
+        config.write_text("detector: {min_consecutive: 2}\n")
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in s.log, 30, "the reload")
+        assert detections(over_tcp(s.port, cut))
+        config.write_text("detector: {min_consecutive: many}\n")
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in s.log, 30, "the refusal")
+        assert detections(over_tcp(s.port, cut))  # still serving, with the settings it had
     finally:
         assert s.stop() == 0, s.log

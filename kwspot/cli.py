@@ -35,6 +35,9 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
         help=f"serve events as JSON lines on a unix socket (default path: {default_socket_path()})",
     )
     out.add_argument("--no-console", action="store_true", help="no console view, even on a terminal")
+    out.add_argument("--exec", metavar="CMD",
+                     help="run the shell command CMD for every event (event JSON on stdin, $KWSPOT_KEYWORD, "
+                          "$KWSPOT_SCORE); replaces sinks.actions")
     _add_logging(p)
 
 
@@ -90,6 +93,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "devices": ("list audio input devices and their default rates", None, run_devices),
     "events": ("print events from a running daemon's socket",
                _lazy("kwspot.client", "add_arguments"), _lazy("kwspot.client", "run")),
+    "wyoming": ("serve keyword detection to Home Assistant (Wyoming protocol)",
+                _lazy("kwspot.wyoming_server", "add_arguments"), _lazy("kwspot.wyoming_server", "run")),
     "predict": ("classify one-second clips", _add_predict, run_predict),
     "train": ("train a model (needs kwspot[train])",
               _lazy("kwspot.train.command", "add_arguments"), _lazy("kwspot.train.command", "run")),

@@ -17,13 +17,15 @@ class Event:
     """One spoken command: which, how sure, and when.
 
     ``t`` is seconds of audio since the stream started, at the end of the
-    window that fired; ``time`` is the wall clock when it fired.
+    window that fired; ``time`` is the wall clock when it fired; ``model``
+    names the model that heard it (its file name without ``.tflite``).
     """
 
     keyword: str
     score: float
     t: float
     time: str = field(default_factory=utc_now_iso)
+    model: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -31,6 +33,7 @@ class Event:
             "score": round(float(self.score), 4),
             "t": round(float(self.t), 3),
             "time": self.time,
+            "model": self.model,
         }
 
     def to_json(self) -> str:

@@ -98,3 +98,25 @@ class StreamResampler:
         if self._stream is None:
             return block
         return self._stream.resample_chunk(block, last=last)
+
+
+def decode_pcm(data: bytes, width: int, channels: int) -> np.ndarray:
+    """Little-endian integer PCM (8-bit unsigned, 16/24/32-bit signed) -> float32 mono in [-1, 1].
+
+    ``data`` must hold whole frames (``width * channels`` bytes each).
+    """
+    if width not in (1, 2, 3, 4) or channels < 1:
+        raise ValueError(f"cannot decode {width}-byte samples in {channels} channels")
+    if len(data) % (width * channels):
+        raise ValueError(f"{len(data)} bytes are not whole frames of {width * channels} bytes")
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if width == 1:
+        samples = (raw.astype(np.float32) - 128.0) / 128.0
+    elif width == 3:
+        triples = raw.reshape(-1, 3).astype(np.int32)
+        ints = triples[:, 0] | (triples[:, 1] << 8) | (triples[:, 2] << 16)
+        samples = (np.where(ints >= 1 << 23, ints - (1 << 24), ints)).astype(np.float32) / float(1 << 23)
+    else:
+        dtype = "<i2" if width == 2 else "<i4"
+        samples = np.frombuffer(data, dtype=dtype).astype(np.float32) / float(1 << (8 * width - 1))
+    return to_mono(samples.reshape(-1, channels))

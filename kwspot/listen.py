@@ -107,7 +107,10 @@ class Listener:
                             detector_settings(settings, self.model, request.cli_threshold, self._where))
         self.pipeline = Pipeline(self.model, detector, hop_s=settings["detector"]["hop_ms"] / 1000)
         self.source = open_source(request, settings)
-        self._sink_context = SinkContext(self.source.description, sys.stdout.isatty())
+        self._sink_context = SinkContext(
+            self.source.description, sys.stdout.isatty(), model=self.model.name, model_version=self.model.version,
+            keywords=self.model.keywords, thresholds={k: detector.threshold(k) for k in self.model.keywords},
+        )
         self.sinks = build_sinks(settings["sinks"], self._sink_context)
         self.notifier = SystemdNotifier()
         self.events = 0

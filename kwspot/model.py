@@ -87,6 +87,16 @@ class Model:
             raise KwspotError(f"{self.path}: model gives {out_shape[-1]} scores for {len(self.labels)} labels")
 
     @property
+    def name(self) -> str:
+        """What events call the model: its file name without ``.tflite``."""
+        return self.path.stem
+
+    @property
+    def version(self) -> str:
+        """When it was trained (from the sidecar), or "" if the sidecar does not say."""
+        return str(self.meta.get("trained", ""))
+
+    @property
     def thresholds(self) -> dict[str, float]:
         """Per-keyword thresholds stored with the model (may be empty)."""
         return dict(self.file.thresholds)

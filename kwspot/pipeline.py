@@ -64,7 +64,7 @@ class Pipeline:
         detection = self.detector.update(self.score(hop), self.t)
         if detection is None:
             return None
-        return Event(detection.keyword, detection.score, detection.t)
+        return Event(detection.keyword, detection.score, detection.t, model=self.model.name)
 
 
 def stream_probabilities(

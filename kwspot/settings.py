@@ -29,6 +29,8 @@ def listen_flags(args: argparse.Namespace) -> dict[str, Any]:
         "logging.level": args.log_level,
         "logging.format": args.log_format,
     }
+    if args.exec:
+        flags["sinks.actions"] = {"*": {"command": args.exec, "shell": True}}
     if args.format == "jsonl":
         flags["sinks.jsonl"] = True
     if args.format == "console":

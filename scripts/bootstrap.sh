@@ -4,7 +4,8 @@
 #
 #   scripts/bootstrap.sh          what `kwspot listen` needs (PortAudio, kwspot)
 #   scripts/bootstrap.sh --dev    also what the tests need: TensorFlow (kwspot[train]),
-#                                 pytest, ruff, espeak-ng, PulseAudio, systemd-analyze
+#                                 pytest, ruff, espeak-ng, PulseAudio, systemd-analyze,
+#                                 mosquitto (the MQTT tests start their own broker)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,7 @@ esac
 
 packages="python3-venv libportaudio2"
 if [ "$dev" = 1 ]; then
-  packages="$packages espeak-ng pulseaudio pulseaudio-utils sox systemd"
+  packages="$packages espeak-ng pulseaudio pulseaudio-utils sox systemd mosquitto mosquitto-clients"
 fi
 
 if command -v apt-get >/dev/null 2>&1; then
@@ -40,7 +41,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$dev" = 1 ]; then
-  .venv/bin/python -m pip install -q -e '.[train,test]'
+  .venv/bin/python -m pip install -q -e '.[train,test,zeroconf]'
 else
   .venv/bin/python -m pip install -q .
 fi

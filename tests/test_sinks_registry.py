@@ -37,7 +37,7 @@ def test_every_registered_sink_declares_its_config_keys_with_defaults():
     keys = [key for spec in registry.sink_specs() for key in spec.keys]
     assert sorted(keys) == sorted(DEFAULTS["sinks"])
     assert len(keys) == len(set(keys))
-    assert [spec.name for spec in registry.sink_specs()] == ["console", "jsonl", "socket"]
+    assert [spec.name for spec in registry.sink_specs()] == ["console", "jsonl", "socket", "mqtt", "actions"]
 
 
 def test_a_registered_sink_is_built_fed_events_and_status_and_closed(monkeypatch, tmp_path):

@@ -15,6 +15,7 @@ from kwspot.sinks.socket import default_socket_path
 
 SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
 UNIT = SYSTEMD / "kwspot.service"
+WYOMING_UNIT = SYSTEMD / "kwspot-wyoming.service"
 SYSUSERS = SYSTEMD / "kwspot.sysusers.conf"
 
 
@@ -30,20 +31,21 @@ def directives(text: str) -> dict[str, list[str]]:
     return out
 
 
-def installed_copy(tmp_path: Path) -> Path:
+def installed_copy(tmp_path: Path, unit: Path = UNIT) -> Path:
     """The unit with its programs pointing at executables that exist here (verify checks them)."""
     kwspot = Path(sys.executable).with_name("kwspot")
-    text = UNIT.read_text().replace("/opt/kwspot/venv/bin/kwspot", str(kwspot if kwspot.exists() else sys.executable))
+    text = unit.read_text().replace("/opt/kwspot/venv/bin/kwspot", str(kwspot if kwspot.exists() else sys.executable))
     if not Path("/bin/kill").exists():
         text = text.replace("/bin/kill", shutil.which("kill") or sys.executable)
-    copy = tmp_path / UNIT.name
+    copy = tmp_path / unit.name
     copy.write_text(text)
     return copy
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (Debian: systemd)")
-def test_systemd_analyze_verify(tmp_path: Path) -> None:
-    unit = installed_copy(tmp_path)
+@pytest.mark.parametrize("source", [UNIT, WYOMING_UNIT], ids=lambda p: p.name)
+def test_systemd_analyze_verify(tmp_path: Path, source: Path) -> None:
+    unit = installed_copy(tmp_path, source)
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
     # verify exits 0 even for unknown keys or bad values, only printing them: any line about our unit is a failure
     about_us = [line for line in (r.stdout + r.stderr).splitlines() if unit.name in line]
@@ -98,3 +100,21 @@ def test_sysusers_creates_user_in_audio_group(tmp_path: Path) -> None:
     assert any(line.startswith("kwspot:") for line in (etc / "passwd").read_text().splitlines())
     audio = next(line for line in (etc / "group").read_text().splitlines() if line.startswith("audio:"))
     assert "kwspot" in audio.split(":")[3].split(",")
+
+
+def test_wyoming_unit_agrees_with_the_server() -> None:
+    from kwspot.cli import build_parser
+    from kwspot.wyoming_server import check_uri
+
+    d = directives(WYOMING_UNIT.read_text())
+    assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"] and float(d["WatchdogSec"][0]) > 0
+    assert d["User"] == ["kwspot"] and "SupplementaryGroups" not in d  # no audio device: audio comes over TCP
+    argv = shlex.split(d["ExecStart"][0])
+    args = build_parser(argv[1:]).parse_args(argv[1:])
+    assert args.command == "wyoming" and args.log_format == "plain"
+    check_uri(args.uri, args.zeroconf)
+    assert args.uri.startswith("tcp://")
+    assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= set(d["RestrictAddressFamilies"][0].split())
+    assert d["PrivateDevices"] == ["yes"] and d["MemoryDenyWriteExecute"] == ["yes"]
+    for hardening in ("NoNewPrivileges", "PrivateTmp", "ProtectKernelTunables", "ProtectKernelModules"):
+        assert d[hardening] == ["yes"], hardening

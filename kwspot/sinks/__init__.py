@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
@@ -23,6 +23,8 @@ SINK_MODULES = (
     "kwspot.sinks.console",
     "kwspot.sinks.jsonl",
     "kwspot.sinks.socket",
+    "kwspot.sinks.mqtt",
+    "kwspot.sinks.actions",
 )
 
 log = logging.getLogger("kwspot")
@@ -53,6 +55,10 @@ class SinkContext:
 
     source: str  # the audio source's description
     tty: bool  # stdout is a terminal
+    model: str = ""  # the model's name, as in events
+    model_version: str = ""
+    keywords: tuple[str, ...] = ()  # what the model can fire
+    thresholds: Mapping[str, float] = field(default_factory=dict)  # per keyword, as the detector runs them
 
 
 @dataclass(frozen=True)

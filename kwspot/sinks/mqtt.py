@@ -1,0 +1,322 @@
+"""MQTT sink: every event published to a broker (paho-mqtt), or as Rhasspy's Hermes hotword message.
+
+``emit`` only appends the event to a bounded queue and returns: a thread of
+our own hands queued events to paho while the broker is connected, and paho's
+network thread reconnects with backoff when it is not. While the broker is
+away, events wait in the queue; past ``queue`` of them the oldest are dropped,
+counted, and logged at most every few seconds. With QoS 1, an event handed to
+paho is resent after a reconnect until the broker acknowledges it.
+
+Topic: ``kwspot/<site>/detected`` with the event JSON as payload; with
+``hermes=True``: ``hermes/hotword/<keyword>/detected`` with Rhasspy's fields
+(``modelId``, ``modelVersion``, ``modelType``, ``currentSensitivity``,
+``siteId``, ``sessionId``, ``sendAudioCaptured``, ``lang``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kwspot.checks import choice, number, optional, show, string
+from kwspot.errors import KwspotError
+from kwspot.events import Event
+from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
+
+DROP_LOG_INTERVAL_S = 5.0
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 10
+
+
+def default_site() -> str:
+    """This machine's short host name: the site in the default topic and Hermes' siteId."""
+    return socket.gethostname().split(".")[0] or "default"
+
+
+def read_password(path: str | Path) -> str:
+    """The first line of a password file (so it stays out of the config and the process list)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise KwspotError(f"{path}: cannot read the MQTT password file ({exc.strerror})") from None
+    if not lines or not lines[0]:
+        raise KwspotError(f"{path}: the MQTT password file is empty")
+    return lines[0]
+
+
+def hermes_payload(site: str, model_id: str, model_version: str, sensitivity: float) -> dict[str, Any]:
+    """Rhasspy's ``hermes/hotword/<wakewordId>/detected`` message."""
+    return {
+        "modelId": model_id,
+        "modelVersion": model_version,
+        "modelType": "universal",
+        "currentSensitivity": round(sensitivity, 4),
+        "siteId": site,
+        "sessionId": None,
+        "sendAudioCaptured": None,
+        "lang": "en",
+        "customEntities": None,
+    }
+
+
+class MqttSink:
+    """Publish events to an MQTT broker without ever blocking the caller."""
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 1883,
+        *,
+        topic: str | None = None,
+        site: str | None = None,
+        client_id: str | None = None,
+        qos: int = 0,
+        retain: bool = False,
+        username: str | None = None,
+        password_file: str | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+        hermes: bool = False,
+        queue: int = 100,
+        keepalive_s: int = 30,
+        model_id: str = "kwspot",
+        model_version: str = "",
+        thresholds: Mapping[str, float] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.log = logger or logging.getLogger("kwspot")
+        self.host, self.port, self.qos, self.retain, self.hermes = host, int(port), int(qos), bool(retain), hermes
+        self.site = site or default_site()
+        self.topic = topic or f"kwspot/{self.site}/detected"
+        self.model_id, self.model_version = model_id, model_version
+        self.thresholds = dict(thresholds or {})
+        self.where = f"{host}:{port}"
+        self.published = 0  # handed to paho while connected
+        self.dropped = 0  # lost to a full queue, a full paho queue, or a close while the broker was away
+        self._unreported = 0
+        self._last_drop_log = float("-inf")
+        self._pending: deque[Event] = deque()
+        self._queue_size = max(1, int(queue))
+        self._cond = threading.Condition()
+        self._connected = False
+        self._was_connected = False
+        self._failures = 0
+        self._closing = False
+
+        import paho.mqtt.client as paho  # here, not at the top: the config imports this module, listen need not
+
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id or "", clean_session=True)
+        self.client.enable_logger(logging.getLogger("kwspot.mqtt"))  # paho's own chatter, silent by default
+        if username:
+            self.client.username_pw_set(username, read_password(password_file) if password_file else None)
+        elif password_file:
+            raise KwspotError("MQTT: a password file needs a username")
+        if tls:
+            if ca_file and not Path(ca_file).is_file():
+                raise KwspotError(f"{ca_file}: no such CA certificate file")
+            try:
+                self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            except (ssl.SSLError, OSError) as exc:
+                raise KwspotError(f"{ca_file}: not a usable CA certificate file ({exc})") from None
+        self.client.max_queued_messages_set(self._queue_size)
+        self.client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.connect_async(host, self.port, keepalive=keepalive_s)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="kwspot-mqtt", daemon=True)
+        self._thread.start()
+
+    # ---- the caller's side ---------------------------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            if len(self._pending) >= self._queue_size:
+                self._pending.popleft()  # keep the newest: a late "stop" is worth more than an old "go"
+                self._count_drop_locked(1)
+            self._pending.append(event)
+            self._cond.notify()
+
+    def close(self, linger_s: float = 2.0) -> None:
+        """Publish what is queued (for up to ``linger_s`` while connected), then disconnect."""
+        deadline = time.monotonic() + linger_s
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while self._pending and self._connected and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+            left = len(self._pending)
+            self._pending.clear()
+            if left:
+                self._count_drop_locked(left)
+            self._cond.notify_all()
+        self._thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self.qos:  # give the acknowledgements of what was just sent a moment
+            while self.client.want_write() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._report_drops(force=True)
+
+    # ---- our thread: queue -> paho ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not (self._pending and self._connected):
+                    self._cond.wait(1.0)
+                    self._report_drops_locked()
+                if not (self._pending and self._connected):
+                    return  # closing, with nothing we can still send
+                event = self._pending.popleft()
+            if not self._publish(event):
+                with self._cond:
+                    self._pending.appendleft(event)  # the connection just went: send it after the reconnect
+                    self._cond.wait(0.1)  # on_disconnect is on its way
+
+    def _publish(self, event: Event) -> bool:
+        """Hand one event to paho; False if the connection was lost meanwhile."""
+        if self.hermes:
+            topic = f"hermes/hotword/{event.keyword}/detected"
+            sensitivity = 1.0 - self.thresholds.get(event.keyword, 0.0)
+            model = event.model or self.model_id
+            payload = json.dumps(hermes_payload(self.site, model, self.model_version, sensitivity))
+        else:
+            topic, payload = self.topic, event.to_json()
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import MQTTErrorCode
+
+        info = self.client.publish(topic, payload, qos=self.qos, retain=self.retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and self.qos == 0:
+            return False  # (with QoS 1 and 2, paho keeps the message and sends it once reconnected)
+        with self._cond:
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                self._count_drop_locked(1)
+            elif info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                self.published += 1
+            else:
+                self._count_drop_locked(1)
+                self.log.warning("mqtt: publishing to %s failed: %s", self.where, paho.error_string(info.rc))
+            self._cond.notify_all()
+        return True
+
+    # ---- paho's thread: connection state ------------------------------------------------------------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._failure(f"refused: {reason}")
+            return
+        with self._cond:
+            self._connected, self._failures = True, 0
+            self._cond.notify_all()
+        self.log.info("mqtt: connected to %s%s", self.where, " again" if self._was_connected else "")
+        self._was_connected = True
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        with self._cond:
+            was, self._connected = self._connected, False
+            closing = self._closing
+        if was and not closing:
+            self.log.warning("mqtt: lost the broker at %s (%s); reconnecting", self.where, reason)
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        self._failure("unreachable")
+
+    def _failure(self, why: str) -> None:
+        self._failures += 1
+        log: Callable[..., None] = self.log.warning if self._failures == 1 else self.log.debug
+        log("mqtt: broker at %s %s; retrying every %d to %d s", self.where, why, RECONNECT_MIN_S, RECONNECT_MAX_S)
+
+    # ---- drops ---------------------------------------------------------------------------------------------
+    def _count_drop_locked(self, n: int) -> None:
+        self.dropped += n
+        self._unreported += n
+        self._report_drops_locked()
+
+    def _report_drops_locked(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._unreported and (force or now - self._last_drop_log >= DROP_LOG_INTERVAL_S):
+            self.log.warning(
+                "mqtt: %d event%s dropped (broker at %s away, queue of %d full); %d in all",
+                self._unreported, "" if self._unreported == 1 else "s", self.where, self._queue_size, self.dropped,
+            )
+            self._unreported, self._last_drop_log = 0, now
+
+    def _report_drops(self, force: bool = False) -> None:
+        with self._cond:
+            self._report_drops_locked(force)
+
+
+# ---- settings: ``sinks.mqtt`` ----------------------------------------------------------------------------------
+
+
+def _topic_part(key: str, value: Any) -> str:
+    string(key, value)
+    if any(c in value for c in "+#/"):
+        raise KwspotError(f"config: {key} must not contain '+', '#' or '/', not {show(value)}")
+    return value
+
+
+def _topic(key: str, value: Any) -> str:
+    string(key, value)
+    if any(c in value for c in "+#"):
+        raise KwspotError(f"config: {key} is a topic to publish to: no '+' or '#' wildcards, not {show(value)}")
+    return value
+
+
+_flag = choice(True, False)
+MQTT_KEYS: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
+    "host": ("localhost", string),
+    "port": (1883, number(1, 65535, integer=True)),
+    "client_id": (None, optional(string)),
+    "topic": (None, optional(_topic)),  # None: kwspot/<site>/detected
+    "site": (None, optional(_topic_part)),  # None: this machine's host name
+    "qos": (0, choice(0, 1, 2)),
+    "retain": (False, _flag),
+    "username": (None, optional(string)),
+    "password_file": (None, optional(string)),
+    "tls": (False, _flag),
+    "ca_file": (None, optional(string)),  # None: the system's CA certificates
+    "hermes": (False, _flag),
+    "queue": (100, number(1, 100000, integer=True)),
+}
+
+
+def check_mqtt(key: str, value: Any) -> dict[str, Any] | None:
+    """``sinks.mqtt``: null (off) or a mapping of the keys above; keys left out keep their defaults."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise KwspotError(f"config: {key} must be null or a mapping ({', '.join(MQTT_KEYS)}), not {show(value)}")
+    settings = {name: default for name, (default, _) in MQTT_KEYS.items()}
+    for name, item in value.items():
+        if name not in MQTT_KEYS:
+            shown = name if isinstance(name, str) and len(name) <= 40 else show(name)
+            raise KwspotError(f"config: unknown key '{key}.{shown}' (known: {', '.join(MQTT_KEYS)})")
+        settings[name] = MQTT_KEYS[name][1](f"{key}.{name}", item)
+    return settings
+
+
+def _build(cfg: SinkSettings, ctx: SinkContext) -> MqttSink | None:
+    mqtt = cfg["mqtt"]
+    if mqtt is None:
+        return None
+    return MqttSink(**mqtt, model_id=ctx.model or "kwspot", model_version=ctx.model_version, thresholds=ctx.thresholds)
+
+
+def _retire(sink: MqttSink) -> None:
+    """A reload replaced it: let it finish off the audio loop's thread."""
+    threading.Thread(target=sink.close, kwargs={"linger_s": 1.0}, name="kwspot-mqtt-retire", daemon=True).start()
+
+
+SPEC = SinkSpec("mqtt", {"mqtt": (None, check_mqtt)}, _build, retire=_retire)

@@ -1,0 +1,381 @@
+"""``kwspot wyoming``: a Wyoming wake-word service (Home Assistant's voice pipeline, any Wyoming client).
+
+Built on the ``wyoming`` package. ``describe`` gets an ``info`` with one wake
+program, ``kwspot``, whose models are the keywords of the loaded model.
+``detect`` (optionally with names) chooses the keywords for the connection;
+``audio-start`` / ``audio-chunk`` / ``audio-stop`` stream audio in whatever
+rate, width and channels the client declares. Each connection runs its own
+pipeline (the same resampler, ring, model and detector as ``listen``, with the
+configured thresholds) and gets a ``detection`` per event, or ``not-detected``
+after ``audio-stop`` if nothing fired. A connection that sends garbage or
+vanishes is closed on its own; the others carry on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import itertools
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.event import Event as WyomingEvent
+from wyoming.event import async_get_stdin, async_get_stdout, async_read_event
+from wyoming.info import Attribution, Describe, Info, WakeModel, WakeProgram
+from wyoming.server import AsyncEventHandler, AsyncServer
+from wyoming.wake import Detect, Detection, NotDetected
+
+from kwspot import __version__
+from kwspot.detector import Detector, DetectorSettings
+from kwspot.errors import KwspotError
+from kwspot.events import Event
+from kwspot.frontend import StreamResampler, decode_pcm
+from kwspot.model import Model
+from kwspot.notify import SystemdNotifier
+from kwspot.pipeline import Pipeline
+from kwspot.sources import with_tail
+
+log = logging.getLogger("kwspot")
+
+DEFAULT_URI = "tcp://0.0.0.0:10400"
+DEFAULT_ZEROCONF_NAME = "kwspot"
+PROGRAM = "kwspot"
+DATA_SET = Attribution(name="Speech Commands (Warden, 2018), CC BY 4.0", url="https://arxiv.org/abs/1804.03209")
+PROGRAM_ATTRIBUTION = Attribution(name="kwspot", url="https://pypi.org/project/kwspot/")
+MAX_RATE = 384000
+MAX_CHANNELS = 32
+
+
+@dataclass
+class WakeService:
+    """What every connection shares: the model (used from the event loop only) and the settings."""
+
+    model: Model
+    detector: DetectorSettings
+    hop_s: float
+    keywords: list[str] = field(default_factory=list)
+    ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        if not self.keywords:
+            self.keywords = list(self.model.keywords)
+        self.info = describe(self.model, self.keywords).event()
+
+    def pipeline(self, names: Sequence[str] | None) -> Pipeline:
+        """A fresh pipeline that fires only for ``names`` (None: every keyword)."""
+        settings = self.detector
+        if names is not None:
+            muted = {k: float("inf") for k in self.keywords if k not in names}
+            settings = dataclasses.replace(settings, thresholds={**(settings.thresholds or {}), **muted})
+        return Pipeline(self.model, Detector(self.model.labels, settings), self.hop_s)
+
+
+def describe(model: Model, keywords: Sequence[str]) -> Info:
+    """The ``info`` answer: one wake program whose models are the keywords."""
+    version = model.version or model.name
+    models = [
+        WakeModel(
+            name=word,
+            description=f'the spoken command "{word}" ({model.path.name})',
+            phrase=word,
+            attribution=DATA_SET,
+            installed=True,
+            languages=["en"],
+            version=version,
+        )
+        for word in keywords
+    ]
+    program = WakeProgram(
+        name=PROGRAM,
+        description="kwspot: a keyword spotter for short spoken commands",
+        attribution=PROGRAM_ATTRIBUTION,
+        installed=True,
+        version=__version__,
+        models=models,
+    )
+    return Info(wake=[program])
+
+
+def _audio_format(data: dict[str, Any]) -> tuple[int, int, int]:
+    """(rate, width, channels) of an audio-start/-chunk, checked."""
+    rate, width, channels = data.get("rate"), data.get("width"), data.get("channels")
+    for name, value, low, high in (("rate", rate, 1000, MAX_RATE), ("width", width, 1, 4),
+                                   ("channels", channels, 1, MAX_CHANNELS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"audio {name} must be a whole number from {low} to {high}, not {value!r}")
+    return rate, width, channels  # type: ignore[return-value]
+
+
+class WakeConnection(AsyncEventHandler):
+    """One client: its keyword choice, its audio stream and its own pipeline."""
+
+    def __init__(self, service: WakeService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self.service = service
+        self.id = next(service.ids)
+        self.names: list[str] | None = None
+        self.context: dict[str, Any] | None = None
+        self.pipeline: Pipeline | None = None
+        self.resampler: StreamResampler | None = None
+        self.format: tuple[int, int, int] | None = None
+        self.fired = False
+
+    async def run(self) -> None:
+        """Serve until the client leaves; whatever goes wrong closes this connection only."""
+        peer = self.writer.get_extra_info("peername") or "stdio"
+        log.debug("client %d connected (%s)", self.id, peer)
+        why = "disconnected"
+        try:
+            while True:
+                event = await async_read_event(self.reader)
+                if event is None or not await self.handle_event(event):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            why = "vanished"
+        except Exception as exc:  # a malformed event, wrong field types: this client's problem alone
+            why = f"closed: {type(exc).__name__}: {exc}"
+            log.warning("client %d: bad request, %s", self.id, why)
+        finally:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        log.debug("client %d %s", self.id, why)
+
+    async def handle_event(self, event: WyomingEvent) -> bool:
+        if Describe.is_type(event.type):
+            await self.write_event(self.service.info)
+        elif Detect.is_type(event.type):
+            self._choose(Detect.from_event(event))
+        elif AudioStart.is_type(event.type):
+            self._start(_audio_format(event.data))
+        elif AudioChunk.is_type(event.type):
+            await self._chunk(event)
+        elif AudioStop.is_type(event.type):
+            await self._stop()
+        else:
+            log.debug("client %d: ignoring a %r event", self.id, event.type)
+        return True
+
+    def _choose(self, detect: Detect) -> None:
+        self.context = detect.context
+        if not detect.names:
+            self.names = None
+        else:
+            known = [name for name in detect.names if name in self.service.keywords]
+            unknown = [name for name in detect.names if name not in self.service.keywords]
+            if unknown:
+                log.warning("client %d asked for %s; this model knows %s",
+                            self.id, ", ".join(map(str, unknown)), ", ".join(self.service.keywords))
+            self.names = known
+        if self.pipeline is not None:  # mid-stream: new keywords from now on
+            self.pipeline.detector = self.service.pipeline(self.names).detector
+        log.debug("client %d listens for %s", self.id, ", ".join(self.names) if self.names is not None else "all")
+
+    def _start(self, fmt: tuple[int, int, int]) -> None:
+        self.pipeline = self.service.pipeline(self.names)
+        self.resampler = StreamResampler(fmt[0])
+        self.format = fmt
+        self.fired = False
+
+    async def _chunk(self, event: WyomingEvent) -> None:
+        fmt = _audio_format(event.data)
+        if self.pipeline is None or self.resampler is None:  # audio without audio-start: start now
+            self._start(fmt)
+        elif fmt[0] != self.format[0]:  # the rate changed mid-stream: flush, then resample anew
+            await self._feed(self.resampler.process(np.zeros(0, np.float32), last=True))
+            self.resampler = StreamResampler(fmt[0])
+        self.format = fmt
+        samples = decode_pcm(event.payload or b"", fmt[1], fmt[2])
+        await self._feed(self.resampler.process(samples))
+
+    async def _stop(self) -> None:
+        if self.pipeline is not None and self.resampler is not None:
+            await self._feed(with_tail(self.resampler.process(np.zeros(0, np.float32), last=True)))
+        if not self.fired:
+            await self.write_event(NotDetected(context=self.context).event())
+        self.pipeline, self.resampler, self.fired = None, None, False
+
+    async def _feed(self, samples: np.ndarray) -> None:
+        assert self.pipeline is not None
+        for event in self.pipeline.feed(samples):
+            await self._detected(event)
+
+    async def _detected(self, event: Event) -> None:
+        self.fired = True
+        log.info("client %d: %s", self.id, event.to_json())
+        detection = Detection(name=event.keyword, timestamp=round(event.t * 1000), context=self.context)
+        await self.write_event(detection.event())
+
+
+# ---- the server ------------------------------------------------------------------------------------------------
+
+
+def check_uri(uri: str, zeroconf: str | None) -> None:
+    """Refuse a URI the server cannot use, before the model is loaded."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("tcp", "unix", "stdio"):
+        raise KwspotError(f"--uri {uri}: must start with tcp://, unix:// or stdio://")
+    if parsed.scheme == "tcp":
+        try:
+            port = parsed.port
+        except ValueError:
+            raise KwspotError(f"--uri {uri}: the port must be a number from 0 to 65535") from None
+        if not parsed.hostname or port is None:
+            raise KwspotError(f"--uri {uri}: give a host and a port, e.g. {DEFAULT_URI}")
+    if parsed.scheme == "unix" and not parsed.path:
+        raise KwspotError(f"--uri {uri}: give a socket path, e.g. unix:///run/kwspot/wyoming.sock")
+    if zeroconf is not None and parsed.scheme != "tcp":
+        raise KwspotError(f"--zeroconf needs a tcp:// URI, not {uri}")
+
+
+def claim_unix_path(path: str) -> None:
+    """Refuse a path that is not a socket or that a live server holds; a stale socket is replaced."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise KwspotError(f"{path}: exists and is not a socket; refusing to replace it")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return  # stale; the server unlinks it
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise KwspotError(f"{path}: cannot check the existing socket ({exc.strerror or exc})") from None
+            return
+    raise KwspotError(f"{path}: another server is already listening there")
+
+
+async def _announce(port: int, host: str, name: str) -> None:
+    """Register the service over mDNS (``_wyoming._tcp``) so Home Assistant discovers it."""
+    try:
+        from wyoming.zeroconf import HomeAssistantZeroconf
+    except ImportError:
+        raise KwspotError("--zeroconf needs the zeroconf package: pip install 'kwspot[zeroconf]'") from None
+    try:
+        announcer = HomeAssistantZeroconf(port=port, name=name, host=None if host in ("0.0.0.0", "::") else host)
+        await announcer.register_server()
+    except OSError as exc:
+        raise KwspotError(f"--zeroconf: cannot announce the service ({exc.strerror or exc})") from None
+    log.info("announced as %r over zeroconf (_wyoming._tcp, port %d)", name, port)
+
+
+async def _watchdog(notifier: SystemdNotifier) -> None:
+    """Ping systemd's watchdog while the event loop turns (a stuck loop gets the service restarted)."""
+    interval = notifier.watchdog_interval()
+    if interval is None:
+        return
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval / 3)
+
+
+def _reload(service: WakeService, settings: Callable[[], DetectorSettings], notifier: SystemdNotifier) -> None:
+    """SIGHUP: new detector settings from the config for the connections that start from now on."""
+    notifier.reloading()
+    try:
+        service.detector = settings()
+    except KwspotError as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+    else:
+        log.info("detector settings reloaded (new audio streams use them)")
+    notifier.ready()
+
+
+async def serve(service: WakeService, uri: str, zeroconf: str | None = None,
+                reload: Callable[[], DetectorSettings] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or, on stdio, until stdin ends); SIGHUP calls ``reload``."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    notifier = SystemdNotifier()
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload, service, reload, notifier)
+    parsed = urlparse(uri)
+    words = ", ".join(service.keywords)
+    if parsed.scheme == "stdio":
+        connection = WakeConnection(service, await async_get_stdin(), await async_get_stdout())
+        task = asyncio.create_task(connection.run())
+        log.info("serving Wyoming on stdio with model %s (%s)", service.model.path.name, words)
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        task.cancel()
+        return
+    if parsed.scheme == "unix":
+        claim_unix_path(parsed.path)
+    server = AsyncServer.from_uri(uri)
+    try:
+        await server.start(partial(WakeConnection, service))
+    except OSError as exc:
+        raise KwspotError(f"--uri {uri}: cannot listen ({exc.strerror or exc})") from None
+    try:
+        if zeroconf is not None:
+            await _announce(int(parsed.port or 0), parsed.hostname or "", zeroconf)
+        log.info("serving Wyoming on %s with model %s (%s)", uri, service.model.path.name, words)
+        notifier.ready()
+        pinger = asyncio.create_task(_watchdog(notifier))
+        await stop.wait()
+        pinger.cancel()
+        notifier.stopping()
+    finally:
+        await server.stop()
+
+
+# ---- the command -----------------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from kwspot.cli import _add_logging
+
+    p.add_argument("--uri", default=DEFAULT_URI, help=f"tcp://HOST:PORT, unix://PATH or stdio:// ({DEFAULT_URI})")
+    p.add_argument(
+        "--zeroconf", nargs="?", const=DEFAULT_ZEROCONF_NAME, metavar="NAME",
+        help=f"announce the service over mDNS for Home Assistant (name default: {DEFAULT_ZEROCONF_NAME})",
+    )
+    p.add_argument("--config", metavar="FILE", help="config file (model and detector settings)")
+    p.add_argument("--model", "-m", metavar="FILE", help="a .tflite model with its .json sidecar")
+    p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every keyword (0 to 1)")
+    _add_logging(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kwspot.listen import detector_settings, load_model
+    from kwspot.logs import setup_logging
+    from kwspot.settings import resolve
+
+    given = {"model.path": args.model, "detector.threshold": args.threshold,
+             "logging.level": args.log_level, "logging.format": args.log_format}
+    flags = {k: v for k, v in given.items() if v is not None}
+    settings, path = resolve(args.config, flags)
+    check_uri(args.uri, args.zeroconf)
+    setup_logging(settings["logging"]["level"], settings["logging"]["format"])
+    log.debug("config: %s", path or "built-in defaults")
+    model = load_model(settings)
+    detector = detector_settings(settings, model, args.threshold is not None, str(path or "config"))
+    service = WakeService(model, detector, hop_s=settings["detector"]["hop_ms"] / 1000)
+
+    def reread() -> DetectorSettings:  # the file again, the flags again (they outlive a reload)
+        fresh, where = resolve(args.config, flags)
+        return detector_settings(fresh, model, args.threshold is not None, str(where or "config"))
+
+    asyncio.run(serve(service, args.uri, args.zeroconf, reread))
+    log.info("stopped")
+    return 0

@@ -8,6 +8,7 @@ import os
 import sys
 
 from kwspot import __version__
+from kwspot.argtypes import Number
 from kwspot.errors import KwspotError
 from kwspot.sinks.socket import default_socket_path
 
@@ -19,12 +20,13 @@ def _add_listen(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="config file (default: $KWSPOT_CONFIG, /etc/kwspot, ~/.config)")
     src = p.add_argument_group("audio")
     src.add_argument("--device", "-d", metavar="ID", help="input device: index or part of its name")
-    src.add_argument("--rate", "-r", type=int, metavar="HZ", help="capture rate (default: the device's; stdin 16000)")
+    src.add_argument("--rate", "-r", type=Number(1000, 384000, integer=True), metavar="HZ",
+                     help="capture rate (default: the device's; stdin 16000)")
     src.add_argument("--input", "-i", metavar="FILE", help="read a WAV/FLAC file, or '-' for raw S16_LE mono on stdin")
     src.add_argument("--fast", action="store_true", help="with --input FILE: as fast as possible, not real time")
     det = p.add_argument_group("model and detector")
     det.add_argument("--model", "-m", metavar="FILE", help="a .tflite model with its .json sidecar")
-    det.add_argument("--threshold", type=float, metavar="P", help="one threshold for every keyword (0 to 1)")
+    det.add_argument("--threshold", type=Number(0.0, 1.0), metavar="P", help="one threshold for every keyword (0 to 1)")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=["console", "jsonl"], help="console view, or JSON lines on stdout")
     out.add_argument(
@@ -40,8 +42,17 @@ def _add_logging(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=["auto", "plain", "time"], help="plain = no timestamps (systemd)")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line ``kwspot: error: ...`` (exit 2) like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        where = self.prog.removeprefix("kwspot").strip()
+        text = f"{where + ': ' if where else ''}{message} (see {self.prog} --help)"
+        self.exit(2, f"kwspot: error: {' '.join(text.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kwspot", description="Real-time spotter for ten spoken commands.")
+    parser = OneLineParser(prog="kwspot", description="Real-time spotter for ten spoken commands.")
     parser.add_argument("--version", action="version", version=f"kwspot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from kwspot import KEYWORDS
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
+from kwspot.paths import checked, shown
 
 BUNDLED_MODEL_NAME = "kwspot.tflite"
 
@@ -53,7 +55,19 @@ def load_sidecar(model_path: str | Path) -> dict[str, Any]:
         raise KwspotError(f"{path}: sidecar has no list of 'labels'")
     if meta.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
         raise KwspotError(f"{path}: model expects {meta['sample_rate']} Hz, kwspot works at {SAMPLE_RATE} Hz")
+    check_thresholds(path, meta.get("thresholds", {}), labels)
     return meta
+
+
+def check_thresholds(path: Path, thresholds: Any, labels: list[str]) -> None:
+    """Sidecar thresholds: a mapping of the model's keywords to numbers from 0 to 1."""
+    if not isinstance(thresholds, dict):
+        raise KwspotError(f"{path}: 'thresholds' must map keywords to numbers from 0 to 1, not {thresholds!r}")
+    for word, value in thresholds.items():
+        if word not in labels or word not in KEYWORDS:
+            raise KwspotError(f"{path}: thresholds.{word}: not one of the model's keywords")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise KwspotError(f"{path}: thresholds.{word} must be a number from 0 to 1, not {value!r}")
 
 
 @contextmanager
@@ -76,14 +90,18 @@ class Model:
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.path = Path(path)
+        self.path = checked(path, "model")
         if not self.path.is_file():
-            raise KwspotError(f"{self.path}: no such model file")
+            raise KwspotError(f"{shown(self.path)}: no such model file")
         self.meta = load_sidecar(self.path)
         self.labels: list[str] = list(self.meta["labels"])
         try:
+            content = self.path.read_bytes()  # our own read: a clear error for an unreadable file
+        except OSError as exc:
+            raise KwspotError(f"{shown(self.path)}: cannot read model ({exc.strerror})") from None
+        try:
             with _quiet_stderr():
-                self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+                self._interpreter = Interpreter(model_content=content, num_threads=threads)
                 self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             detail = str(exc).strip().split("\n")[0]

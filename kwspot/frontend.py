@@ -15,6 +15,7 @@ import soundfile
 import soxr
 
 from kwspot.errors import KwspotError
+from kwspot.paths import checked, shown
 
 SAMPLE_RATE = 8000
 WINDOW_SAMPLES = SAMPLE_RATE  # one second
@@ -40,21 +41,48 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
 def unreadable(path: str | Path, exc: Exception) -> KwspotError:
     """The one-line error for an audio file soundfile cannot read."""
     detail = str(exc).strip().split("\n")[0]
-    return KwspotError(f"{path}: not a readable audio file ({detail})")
+    return KwspotError(f"{shown(path)}: not a readable audio file ({detail})")
+
+
+def open_audio(path: str | Path) -> soundfile.SoundFile:
+    """Open a WAV/FLAC file for reading in blocks; KwspotError naming it if it cannot be read or is empty."""
+    path = checked(path, "audio file")
+    if not path.is_file():
+        raise KwspotError(f"{shown(path)}: no such audio file")
+    try:
+        with open(path, "rb"):  # the system's reason (permissions, ...) rather than libsndfile's "System error."
+            pass
+    except OSError as exc:
+        raise KwspotError(f"{shown(path)}: cannot open audio file ({exc.strerror})") from None
+    try:
+        audio = soundfile.SoundFile(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise unreadable(path, exc) from None
+    if audio.frames == 0:
+        audio.close()
+        raise KwspotError(f"{shown(path)}: audio file holds no samples")
+    return audio
+
+
+def count_nonfinite(audio: np.ndarray) -> int:
+    """How many samples are NaN or infinite (0 for ordinary audio, checked cheaply)."""
+    if np.isfinite(audio).all():
+        return 0
+    return int(audio.size - np.count_nonzero(np.isfinite(audio)))
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a WAV/FLAC file as float32 mono at its own rate."""
-    path = Path(path)
-    if not path.is_file():
-        raise KwspotError(f"{path}: no such audio file")
-    try:
-        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise unreadable(path, exc) from None
-    if audio.shape[0] == 0:
-        raise KwspotError(f"{path}: audio file holds no samples")
-    return to_mono(audio), int(rate)
+    """Read a WAV/FLAC file as float32 mono at its own rate; refuse NaN or infinite samples."""
+    with open_audio(path) as f:
+        try:
+            audio = f.read(dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise unreadable(path, exc) from None
+        rate = int(f.samplerate)
+    bad = count_nonfinite(audio)
+    if bad:
+        raise KwspotError(f"{shown(path)}: {bad} of {audio.size} samples are NaN or infinite")
+    return to_mono(audio), rate
 
 
 def load_audio(path: str | Path) -> np.ndarray:
@@ -80,12 +108,15 @@ def fit_window(audio: np.ndarray, length: int = WINDOW_SAMPLES) -> np.ndarray:
 class StreamResampler:
     """Resample a live stream block by block to 8 kHz, keeping soxr's state.
 
+    NaN or infinite samples are replaced by silence and counted in ``nonfinite``.
+
     Fed the blocks of a signal in order, it yields the same samples that
     :func:`resample` gives for the whole signal at once.
     """
 
     def __init__(self, rate: int) -> None:
         self.rate = int(rate)
+        self.nonfinite = 0  # NaN/infinite samples replaced by silence (they would poison soxr's state)
         self._stream = (
             None
             if self.rate == SAMPLE_RATE
@@ -95,6 +126,10 @@ class StreamResampler:
     def process(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         """Resample one mono float32 block; ``last`` flushes what soxr holds back."""
         block = np.ascontiguousarray(block, dtype=np.float32)
+        bad = count_nonfinite(block)
+        if bad:
+            self.nonfinite += bad
+            block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
         if self._stream is None:
             return block
         return self._stream.resample_chunk(block, last=last)

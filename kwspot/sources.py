@@ -8,22 +8,23 @@ streaming soxr resampler that matches training's front end.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import select
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import soundfile
 
 from kwspot.devices import import_sounddevice, resolve_device
 from kwspot.errors import KwspotError
-from kwspot.frontend import SAMPLE_RATE, StreamResampler, to_mono, unreadable
+from kwspot.frontend import SAMPLE_RATE, StreamResampler, open_audio, to_mono
+from kwspot.paths import shown
+from kwspot.pipe_source import StdinSource, is_pipe_like
+
+__all__ = ["FileSource", "MicSource", "Source", "StdinSource", "is_pipe_like", "with_tail"]
 
 log = logging.getLogger("kwspot")
 EMPTY = np.zeros(0, dtype=np.float32)
@@ -51,14 +52,9 @@ class FileSource:
 
     def __init__(self, path: str | Path, realtime: bool = True, block_ms: int = 50) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise KwspotError(f"{self.path}: no such audio file")
-        try:
-            self._file = soundfile.SoundFile(str(self.path))
-        except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
-            raise unreadable(self.path, exc) from None
+        self._file = open_audio(self.path)
         self.rate = int(self._file.samplerate)
-        self.description = f"{self.path} ({self.rate} Hz, {self._file.channels} ch)"
+        self.description = f"{shown(self.path)} ({self.rate} Hz, {self._file.channels} ch)"
         self._block = max(1, self.rate * block_ms // 1000)
         self._resampler = StreamResampler(self.rate)
         self._realtime = realtime
@@ -80,48 +76,19 @@ class FileSource:
         try:
             frames = self._file.read(self._block, dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError) as exc:
-            raise KwspotError(f"{self.path}: unreadable audio past frame {self._frames_read} ({exc})") from None
+            raise KwspotError(f"{shown(self.path)}: unreadable audio past frame {self._frames_read} ({exc})") from None
         self._frames_read += len(frames)
         if len(frames) < self._block:
             self._tail_sent = True
             return with_tail(self._resampler.process(to_mono(frames), last=True))
         return self._resampler.process(to_mono(frames))
 
+    @property
+    def nonfinite(self) -> int:
+        return self._resampler.nonfinite
+
     def close(self) -> None:
         self._file.close()
-
-
-class StdinSource:
-    """Raw 16-bit little-endian mono PCM on a pipe, e.g. from ``arecord -t raw``."""
-
-    def __init__(self, rate: int = 16000, block_ms: int = 50, stream: BinaryIO | None = None) -> None:
-        self.rate = rate
-        self.description = f"stdin (raw S16_LE mono, {rate} Hz)"
-        self._stream = stream or sys.stdin.buffer
-        self._bytes = 2 * max(1, rate * block_ms // 1000)
-        self._carry = b""
-        self._resampler = StreamResampler(rate)
-        self._ended = False
-
-    def read(self, timeout: float) -> np.ndarray | None:
-        if self._ended:
-            return None
-        fd = self._stream.fileno()
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            return EMPTY
-        data = os.read(fd, self._bytes)
-        if not data:
-            self._ended = True
-            return with_tail(self._resampler.process(EMPTY, last=True))
-        data = self._carry + data
-        usable = len(data) - len(data) % 2
-        self._carry = data[usable:]
-        samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
-        return self._resampler.process(samples)
-
-    def close(self) -> None:
-        pass
 
 
 class AudioSystemHung(KwspotError):

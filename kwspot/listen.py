@@ -27,7 +27,7 @@ from kwspot.pipeline import Pipeline
 from kwspot.sinks import Sink
 from kwspot.sinks.jsonl import JsonlSink
 from kwspot.sinks.socket import SocketSink
-from kwspot.sources import FileSource, MicSource, Source, StdinSource
+from kwspot.sources import FileSource, MicSource, Source, StdinSource, is_pipe_like
 
 log = logging.getLogger("kwspot")
 Settings = dict[str, dict[str, Any]]
@@ -38,7 +38,7 @@ READ_TIMEOUT_S = 0.25
 class ListenRequest:
     """What the command line asked for, beyond the settings."""
 
-    input: str | None = None  # FILE, "-" for raw PCM on stdin, None for the microphone
+    input: str | None = None  # FILE, a pipe/FIFO, "-" for stdin, None for the microphone
     fast: bool = False
     stdin_rate: int = 16000
     config_path: str | None = None
@@ -66,8 +66,10 @@ def detector_settings(settings: Settings, model: Model, cli_threshold: bool = Fa
 
 def open_source(request: ListenRequest, settings: Settings) -> Source:
     block_ms = settings["audio"]["block_ms"]
-    if request.input == "-":
-        return StdinSource(rate=request.stdin_rate, block_ms=block_ms)
+    if request.input == "-" or (request.input and is_pipe_like(request.input)):
+        if request.fast:
+            raise KwspotError("--fast needs --input FILE (a pipe goes as fast as it is fed)")
+        return StdinSource(rate=request.stdin_rate, block_ms=block_ms, path=request.input)
     if request.input:
         return FileSource(request.input, realtime=not request.fast, block_ms=block_ms)
     return MicSource(settings["audio"]["device"], settings["audio"]["rate"], block_ms)
@@ -94,10 +96,22 @@ def build_sinks(settings: Settings, source: Source) -> list[Sink]:
 
         sinks.append(ConsoleSink(source.description))
     if sinks_cfg["jsonl"]:
+        if sys.stdout is None:
+            raise KwspotError("stdout is closed; JSON lines need it (or use --socket)")
         sinks.append(JsonlSink())
     if sinks_cfg["socket"]:
         sinks.append(socket_sink(sinks_cfg))
+    if not sinks:
+        raise KwspotError(
+            "events would go nowhere: stdout is not a terminal and no sink is set; "
+            "add --format jsonl (JSON lines on stdout), --format console or --socket"
+        )
     return sinks
+
+
+def sink_open(sink: Sink) -> bool:
+    """False once a sink can deliver nothing more (its reader went away)."""
+    return not getattr(sink, "closed", False)
 
 
 def reconcile_sinks(sinks: list[Sink], old: dict[str, Any], new: dict[str, Any]) -> list[Sink]:
@@ -132,24 +146,33 @@ class Listener:
         self.settings = settings
         self._stop = False
         self._reload = False
+        self._started = False
+        self._interrupted_start = False  # Ctrl-C before the sinks were up
         self._saved_handlers = self.install_signal_handlers()  # before anything that needs cleaning up
         self.model = load_model(settings)
         detector = Detector(self.model.labels, detector_settings(settings, self.model, request.cli_threshold))
         self.pipeline = Pipeline(self.model, detector, hop_s=settings["detector"]["hop_ms"] / 1000)
         self.source = open_source(request, settings)
         self.sinks: list[Sink] = []
-        self.sinks = build_sinks(settings, self.source)
+        try:
+            self.sinks = build_sinks(settings, self.source)
+        except BaseException:
+            self.source.close()
+            raise
+        self._started = True  # sinks are up: from now on a signal is an ordinary stop
         self.notifier = SystemdNotifier()
         self.events = 0
         self.skipped_samples = 0
         self._last_audio = time.monotonic()
         self._last_ping = 0.0
-        self._reported = {"overflows": 0, "dropped": 0, "skipped": 0}
+        self._reported = {"overflows": 0, "dropped": 0, "skipped": 0, "nonfinite": 0}
         self._last_report = 0.0
+        self._last_sink_check = 0.0
 
     # -- signals -------------------------------------------------------------
     def _on_stop(self, signum: int, frame: Any) -> None:
         self._stop = True
+        self._interrupted_start = self._interrupted_start or (signum == signal.SIGINT and not self._started)
 
     def _on_hup(self, signum: int, frame: Any) -> None:
         self._reload = True
@@ -161,6 +184,9 @@ class Listener:
 
     # -- main loop -----------------------------------------------------------
     def run(self) -> int:
+        if self._interrupted_start:  # Ctrl-C during start-up: leave quietly with 130, as a shell expects
+            self.close()
+            return 128 + signal.SIGINT
         log.info("listening on %s with model %s", self.source.description, self.model.path.name)
         self.notifier.ready()
         try:
@@ -177,6 +203,9 @@ class Listener:
                 self._catch_up()
                 self._report_problems()
                 self._feed_watchdog()
+                if not self._sinks_alive():
+                    log.info("stopping: every sink is gone (stdout closed by its reader)")
+                    break
         finally:
             self.close()
         log.info("stopped after %.1f s of audio, %d events", self.pipeline.t, self.events)
@@ -204,11 +233,24 @@ class Listener:
         self.pipeline.skip(dropped)
         self.skipped_samples += dropped
 
+    def _sinks_alive(self) -> bool:
+        """Ask the sinks (twice a second) whether their readers are still there; False once none is."""
+        now = time.monotonic()
+        if now - self._last_sink_check < 0.5:
+            return True
+        self._last_sink_check = now
+        for sink in self.sinks:
+            check = getattr(sink, "check", None)
+            if check is not None:
+                check()
+        return any(sink_open(sink) for sink in self.sinks)
+
     def _counters(self) -> dict[str, int]:
         return {
             "overflows": getattr(self.source, "overflows", 0),
             "dropped": getattr(self.source, "dropped_blocks", 0),
             "skipped": self.skipped_samples,
+            "nonfinite": getattr(self.source, "nonfinite", 0),
         }
 
     def _problems_text(self) -> str:
@@ -216,6 +258,8 @@ class Listener:
         parts = [f"{c['overflows']} overflows"] if c["overflows"] else []
         if c["dropped"] or c["skipped"]:
             parts.append(f"{c['dropped']} blocks dropped, {c['skipped'] / SAMPLE_RATE:.1f} s skipped")
+        if c["nonfinite"]:
+            parts.append(f"{c['nonfinite']} NaN/inf samples silenced")
         return ", ".join(parts)
 
     def _report_problems(self) -> None:
@@ -228,8 +272,9 @@ class Listener:
             self._last_report = now
             self._reported = counters
             log.warning(
-                "input trouble in the last second: %d overflows, %d blocks dropped, %.2f s skipped to catch up",
+                "input trouble in the last second: %d overflows, %d blocks dropped, %.2f s skipped to catch up%s",
                 new["overflows"], new["dropped"], new["skipped"] / SAMPLE_RATE,
+                f", {new['nonfinite']} NaN/infinite samples replaced by silence" if new["nonfinite"] else "",
             )
 
     def _feed_watchdog(self) -> None:
@@ -248,6 +293,9 @@ class Listener:
         try:
             settings, path = load_config(self.request.config_path)
             settings["sinks"]["console"] = self.settings["sinks"]["console"]
+            if not (any(hasattr(s, "status") for s in self.sinks) or settings["sinks"]["jsonl"]
+                    or settings["sinks"]["socket"]):
+                raise KwspotError("the new configuration has no sink; events would go nowhere")
             new_detector = Detector(
                 self.model.labels, detector_settings(settings, self.model, self.request.cli_threshold)
             )

@@ -10,12 +10,13 @@ import sys
 from kwspot import __version__
 from kwspot.argtypes import Number
 from kwspot.errors import KwspotError
-from kwspot.sinks.socket import default_socket_path
 
 log = logging.getLogger("kwspot")
 
 
 def _add_listen(sub: argparse._SubParsersAction) -> None:
+    from kwspot.sinks.socket import default_socket_path
+
     p = sub.add_parser("listen", help="listen and report spoken commands")
     p.add_argument("--config", metavar="FILE", help="config file (default: $KWSPOT_CONFIG, /etc/kwspot, ~/.config)")
     src = p.add_argument_group("audio")
@@ -133,9 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        code = run(args)
+        code = run(build_parser().parse_args(argv))
     except KwspotError as exc:
         print(f"kwspot: error: {exc}", file=sys.stderr)
         code = 2

@@ -8,6 +8,7 @@ takes the raw 8 kHz window; its log-mel features live inside the model.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def open_audio(path: str | Path) -> soundfile.SoundFile:
     except OSError as exc:
         raise KwspotError(f"{shown(path)}: cannot open audio file ({exc.strerror})") from None
     try:
-        audio = soundfile.SoundFile(str(path))
+        audio = soundfile.SoundFile(os.fsencode(path))  # bytes: soundfile cannot encode names that are not UTF-8
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
         raise unreadable(path, exc) from None
     if audio.frames == 0:

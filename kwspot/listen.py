@@ -194,7 +194,12 @@ class Listener:
                 if self._reload:
                     self._reload = False
                     self.reload()
-                block = self.source.read(READ_TIMEOUT_S)
+                try:
+                    block = self.source.read(READ_TIMEOUT_S)
+                except KwspotError:
+                    if self._stop:  # e.g. stdin closed by whoever also sent SIGTERM: a stop, not bad input
+                        break
+                    raise
                 if block is None:
                     break
                 if block.size:

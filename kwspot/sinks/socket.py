@@ -214,6 +214,7 @@ class SocketSink:
         parent = Path(self._abspath).parent
         if not parent.is_dir():
             raise KwspotError(f"{path}: cannot create socket: directory {parent} does not exist")
+        check_owner(path)
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -244,7 +245,6 @@ class SocketSink:
             raise KwspotError(f"{path}: cannot check the existing file: {e.strerror}") from None
         if not stat.S_ISSOCK(st.st_mode):
             raise KwspotError(f"{path}: exists and is not a socket; refusing to replace it")
-        check_owner(path)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)
         try:
@@ -487,13 +487,16 @@ def check_owner(path: str | os.PathLike[str]) -> None:
     parent = Path(os.path.abspath(path)).parent
     try:
         dir_mode = os.stat(parent).st_mode
-        st = os.lstat(path)
     except OSError:
-        return  # nothing there yet (or no directory): the caller reports that
+        return  # no directory: the caller reports that
     if not dir_mode & stat.S_IWOTH:
         return  # only the directory's owner or group can put files there (e.g. /run/kwspot)
     if not dir_mode & stat.S_ISVTX:
         raise KwspotError(f"{path}: its directory {parent} is writable by anyone and not sticky; choose another path")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return  # nothing there yet
     if st.st_uid not in (os.getuid(), 0):
         raise KwspotError(
             f"{path}: belongs to uid {st.st_uid}, not to you, in {parent} where anyone can create files; "

@@ -298,8 +298,8 @@ class Listener:
         try:
             settings, path = load_config(self.request.config_path)
             settings["sinks"]["console"] = self.settings["sinks"]["console"]
-            if not (any(hasattr(s, "status") for s in self.sinks) or settings["sinks"]["jsonl"]
-                    or settings["sinks"]["socket"]):
+            others = any(not isinstance(s, (JsonlSink, SocketSink)) for s in self.sinks)  # kept as they are
+            if not (others or settings["sinks"]["jsonl"] or settings["sinks"]["socket"]):
                 raise KwspotError("the new configuration has no sink; events would go nowhere")
             new_detector = Detector(
                 self.model.labels, detector_settings(settings, self.model, self.request.cli_threshold)

@@ -180,8 +180,19 @@ class FakeNotifier:
         self.sent.append("STOPPING")
 
 
+class NullSink:
+    """Somewhere for events to go (a listener without any sink refuses to start)."""
+
+    def emit(self, event):
+        pass
+
+    def close(self):
+        pass
+
+
 def make_listener(monkeypatch, source, config_path=None):
     monkeypatch.setattr("kwspot.listen.open_source", lambda request, settings: source)
+    monkeypatch.setattr("kwspot.listen.build_sinks", lambda settings, source: [NullSink()])
     settings = validate(None)
     settings["sinks"]["console"] = False
     listener = Listener(ListenRequest(input="fake", config_path=config_path), settings)

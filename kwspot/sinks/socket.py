@@ -365,10 +365,10 @@ class SocketSink:
                     self._accept_paused_until = time.monotonic() + 1.0
                 return  # ECONNABORTED and friends: the client already left
             if len(self._clients) >= self.max_clients:
-                sock.close()
                 self.refused += 1
                 self._refused_unreported += 1
                 self._report_refused()
+                sock.close()
                 continue
             sock.setblocking(False)
             self.accepted += 1

@@ -52,7 +52,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"kwspot: error: {' '.join(text.split())}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+LIVE_COMMANDS = ("listen", "devices", "events", "predict")  # train and evaluate import rich and the training code
+
+
+def build_parser(offline_options: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without ``offline_options``, train and evaluate are listed but take no options
+    (the daemon then never imports their modules: 8 MiB of RSS here)."""
     parser = OneLineParser(prog="kwspot", description="Real-time spotter for ten spoken commands.")
     parser.add_argument("--version", action="version", version=f"kwspot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -66,12 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     p.add_argument("--model", "-m", metavar="FILE")
-    from kwspot import evaluate
-    from kwspot.train import command as train
+    train_parser = sub.add_parser("train", help="train a model (needs kwspot[train])")
+    evaluate_parser = sub.add_parser("evaluate", help="measure a model on clips or long streams")
+    if offline_options:
+        from kwspot import evaluate
+        from kwspot.train import command as train
 
-    train.add_arguments(sub.add_parser("train", help="train a model (needs kwspot[train])"))
-    evaluate.add_arguments(sub.add_parser("evaluate", help="measure a model on clips or long streams"))
+        train.add_arguments(train_parser)
+        evaluate.add_arguments(evaluate_parser)
     return parser
+
+
+def _needs_offline_options(argv: list[str]) -> bool:
+    """True unless the command (the first word not starting with '-') is one of the live ones."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command not in LIVE_COMMANDS
 
 
 def run_listen(args: argparse.Namespace) -> int:
@@ -135,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        code = run(build_parser().parse_args(argv))
+        words = sys.argv[1:] if argv is None else argv
+        code = run(build_parser(_needs_offline_options(words)).parse_args(argv))
     except KwspotError as exc:
         print(f"kwspot: error: {exc}", file=sys.stderr)
         code = 2

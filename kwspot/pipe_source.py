@@ -18,7 +18,6 @@ import threading
 from typing import Any, BinaryIO
 
 import numpy as np
-import soundfile
 
 from kwspot.errors import KwspotError
 from kwspot.frontend import StreamResampler, to_mono
@@ -182,6 +181,8 @@ class StdinSource:
         threading.Thread(target=self._decode, args=(head, kind), name="kwspot-decode", daemon=True).start()
 
     def _decode(self, head: bytes, kind: str) -> None:
+        import soundfile
+
         assert self._decoded is not None
         try:
             if kind == "WAV":  # libsndfile reads WAV from a pipe natively, given the whole stream

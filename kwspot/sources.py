@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import soundfile
 
-from kwspot.devices import import_sounddevice, resolve_device
+from kwspot.devices import import_sounddevice, release_alsa_plugins, resolve_device
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, StreamResampler, open_audio, to_mono
 from kwspot.paths import shown
@@ -47,8 +46,12 @@ class Source(Protocol):
 class FileSource:
     """A WAV/FLAC file (any rate, any channels), in real time or as fast as possible.
 
+    It decodes a second at a time (soundfile's per-call cost is larger than the decoding of one
+    block) and hands out ``block_ms`` blocks, each when its last sample would have been captured.
     At the end it adds one second of silence so the last word is judged.
     """
+
+    CHUNK_S = 1.0
 
     def __init__(self, path: str | Path, realtime: bool = True, block_ms: int = 50) -> None:
         self.path = Path(path)
@@ -61,6 +64,8 @@ class FileSource:
         self._start = time.monotonic()
         self._frames_read = 0
         self._tail_sent = False
+        self._chunk = np.zeros(0, dtype=np.float32)  # decoded mono frames not yet handed out
+        self._eof = False
 
     def read(self, timeout: float) -> np.ndarray | None:
         if self._tail_sent:
@@ -73,15 +78,25 @@ class FileSource:
                 return EMPTY
             if wait > 0:
                 time.sleep(wait)
+        if self._chunk.size < self._block and not self._eof:
+            self._decode_chunk()
+        frames, self._chunk = self._chunk[: self._block], self._chunk[self._block :]
+        self._frames_read += len(frames)
+        if self._eof and not self._chunk.size:
+            self._tail_sent = True
+            return with_tail(self._resampler.process(frames, last=True))
+        return self._resampler.process(frames)
+
+    def _decode_chunk(self) -> None:
+        import soundfile
+
+        want = max(self._block, int(self.rate * self.CHUNK_S))
         try:
-            frames = self._file.read(self._block, dtype="float32", always_2d=True)
+            frames = to_mono(self._file.read(want, dtype="float32", always_2d=True))
         except (soundfile.LibsndfileError, RuntimeError) as exc:
             raise KwspotError(f"{shown(self.path)}: unreadable audio past frame {self._frames_read} ({exc})") from None
-        self._frames_read += len(frames)
-        if len(frames) < self._block:
-            self._tail_sent = True
-            return with_tail(self._resampler.process(to_mono(frames), last=True))
-        return self._resampler.process(to_mono(frames))
+        self._eof = len(frames) < want
+        self._chunk = np.concatenate((self._chunk, frames)) if self._chunk.size else frames
 
     @property
     def nonfinite(self) -> int:
@@ -235,6 +250,7 @@ class MicSource:
         """Restart PortAudio (so it sees devices and servers that came back), then open the device."""
         self._sd._terminate()
         self._sd._initialize()
+        release_alsa_plugins()
         self._open()
 
     def _close_stream(self) -> None:

@@ -1,6 +1,6 @@
 """CPU share of one core, RSS and start-up time of ``kwspot listen`` running in real time.
 
-    .venv/bin/python bench/listen.py [--model FILE] [--seconds 60] [--pin] [--pulse] [--startup-runs 3]
+    .venv/bin/python bench/listen.py [--model FILE] [--seconds 60] [--pin] [--pulse] [--startup-runs 3] [--baseline DIR]
 
 Modes: ``file`` plays a stream of Speech Commands keywords with 1.5 s gaps over faint noise through
 ``--input FILE`` (real-time file source); ``pulse`` (with ``--pulse``) starts a private PulseAudio with a
@@ -121,19 +121,25 @@ def run_mode(mode: str, args: argparse.Namespace, model: Path, tmp: Path, env: d
     stream = build_stream(words=words, gap_s=1.5)
     wav = write_wav(tmp / "stream.wav", stream.audio)
     source, play = (wav, None) if mode == "file" else (None, ["paplay", "-d", "kwsink", str(wav)])
-    starts = startup(args, model, source, env, tmp)
-    run = steady_run(args, model, source, env, tmp, play)
-    args.notes.append(f"{mode}: {stream.source}, {len(stream.words)} words in {stream.seconds:.0f} s; "
-                      f"{run['events']} events reached the client during the run")
-    if run["pulse_cpu"] is not None:
-        args.notes.append(f"pulse: the PulseAudio server itself used {run['pulse_cpu']:.1f}% of a core "
-                          "(null sink + monitor + parec reader; not counted above)")
-    return [
-        mode, "CPU 0" if args.pin else "no", fmt(run["measured"], 0, " s"),
-        fmt(run["cpu"], 2, " %"), fmt(run["rss"], 1), fmt(run["rss_end"], 1), fmt(run["peak"], 1), fmt(run["pss"], 1),
-        fmt(1000 * median(starts["ready"]), 0), fmt(1000 * median(starts["first"]), 0),
-        fmt(1000 * max(starts["first"]), 0),
-    ]
+    variants = [("", env)]
+    if args.baseline:  # the same measurement of another kwspot source tree, in the same run
+        variants.insert(0, (" (baseline)", {**env, "PYTHONPATH": str(args.baseline.resolve())}))
+    rows = []
+    for label, variant_env in variants:
+        starts = startup(args, model, source, variant_env, tmp)
+        run = steady_run(args, model, source, variant_env, tmp, play)
+        args.notes.append(f"{mode}{label}: {stream.source}, {len(stream.words)} words in {stream.seconds:.0f} s; "
+                          f"{run['events']} events reached the client during the run")
+        if run["pulse_cpu"] is not None:
+            args.notes.append(f"pulse{label}: the PulseAudio server itself used {run['pulse_cpu']:.1f}% of a core "
+                              "(null sink + monitor + parec reader; not counted above)")
+        rows.append([
+            mode + label, "CPU 0" if args.pin else "no", fmt(run["measured"], 0, " s"),
+            fmt(run["cpu"], 2, " %"), fmt(run["rss"], 1), fmt(run["rss_end"], 1), fmt(run["peak"], 1),
+            fmt(run["pss"], 1), fmt(1000 * median(starts["ready"]), 0), fmt(1000 * median(starts["first"]), 0),
+            fmt(1000 * max(starts["first"]), 0),
+        ])
+    return rows
 
 
 def main() -> int:
@@ -145,6 +151,9 @@ def main() -> int:
     parser.add_argument("--pulse", action="store_true", help="also measure the PulseAudio capture path")
     parser.add_argument("--no-file", action="store_true", help="skip the file-source mode")
     parser.add_argument("--startup-runs", type=int, default=3, help="fresh processes timed for start-up")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also measure the kwspot in DIR/kwspot (e.g. `git archive REV kwspot | tar -x -C DIR`) "
+                             "in the same run, for before/after rows")
     args = parser.parse_args()
     args.notes = []
     if args.pin and shutil.which("taskset") is None:
@@ -163,9 +172,9 @@ def main() -> int:
             try:
                 if mode == "pulse":
                     with pulse_server() as env:
-                        rows.append(run_mode(mode, args, model, tmp, daemon_env(env)))
+                        rows += run_mode(mode, args, model, tmp, daemon_env(env))
                 else:
-                    rows.append(run_mode(mode, args, model, tmp, daemon_env()))
+                    rows += run_mode(mode, args, model, tmp, daemon_env())
             except Unavailable as exc:
                 rows.append([mode, *["—"] * 10])
                 args.notes.append(f"{mode} skipped: {exc}")

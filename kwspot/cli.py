@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kwspot import __version__
+from kwspot.argtypes import Number
 from kwspot.errors import KwspotError
 
 log = logging.getLogger("kwspot")
@@ -22,12 +23,13 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="config file (default: $KWSPOT_CONFIG, /etc/kwspot, ~/.config)")
     src = p.add_argument_group("audio")
     src.add_argument("--device", "-d", metavar="ID", help="input device: index or part of its name")
-    src.add_argument("--rate", "-r", type=int, metavar="HZ", help="capture rate (default: the device's; stdin 16000)")
+    src.add_argument("--rate", "-r", type=Number(1000, 384000, integer=True), metavar="HZ",
+                     help="capture rate (default: the device's; stdin 16000)")
     src.add_argument("--input", "-i", metavar="FILE", help="read a WAV/FLAC file, or '-' for raw S16_LE mono on stdin")
     src.add_argument("--fast", action="store_true", help="with --input FILE: as fast as possible, not real time")
     det = p.add_argument_group("model and detector")
     det.add_argument("--model", "-m", metavar="FILE", help="a .tflite model with its .json sidecar")
-    det.add_argument("--threshold", type=float, metavar="P", help="one threshold for every keyword (0 to 1)")
+    det.add_argument("--threshold", type=Number(0.0, 1.0), metavar="P", help="one threshold for every keyword (0 to 1)")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=["console", "jsonl"], help="console view, or JSON lines on stdout")
     out.add_argument(
@@ -55,6 +57,15 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 def _lazy(module: str, name: str) -> Callable[..., Any]:
     """``module.name``, imported only when called: ``listen`` never loads the offline package."""
     return lambda *args: getattr(importlib.import_module(module), name)(*args)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line ``kwspot: error: ...`` (exit 2) like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        where = self.prog.removeprefix("kwspot").strip()
+        text = f"{where + ': ' if where else ''}{message} (see {self.prog} --help)"
+        self.exit(2, f"kwspot: error: {' '.join(text.split())}\n")
 
 
 def run_listen(args: argparse.Namespace) -> int:
@@ -103,17 +114,18 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; only the subcommand named in ``argv`` gets its options (and imports their module)."""
+def build_parser(argv: list[str] | None = None, every: bool = False) -> argparse.ArgumentParser:
+    """The parser; only the subcommand named in ``argv`` gets its options (and imports their module),
+    or all of them with ``every`` (the tests that check every flag)."""
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = argparse.ArgumentParser(prog="kwspot", description="Real-time keyword spotter.")
+    parser = OneLineParser(prog="kwspot", description="Real-time keyword spotter.")
     parser.add_argument("--version", action="version", version=f"kwspot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (text, add_arguments, _) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=text)
-        if add_arguments is not None and name == chosen:
+        if add_arguments is not None and (every or name == chosen):
             add_arguments(p)
     return parser
 
@@ -127,9 +139,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(argv).parse_args(argv)
     try:
-        code = run(args)
+        code = run(build_parser(argv).parse_args(argv))
     except KwspotError as exc:
         print(f"kwspot: error: {exc}", file=sys.stderr)
         code = 2

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import stat
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from kwspot.errors import KwspotError
-from kwspot.sinks.socket import socket_path_candidates
+from kwspot.paths import checked
+from kwspot.sinks.socket import check_owner, check_peer, socket_path_candidates
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
 def resolve_socket_path(socket_path: str | os.PathLike[str] | None) -> Path:
     """The given path, or the first default candidate that exists (else the first candidate)."""
     if socket_path is not None:
-        return Path(socket_path)
-    candidates = socket_path_candidates()
+        return checked(socket_path, "socket")
+    candidates = [checked(p, "socket") for p in socket_path_candidates()]
     for p in candidates:
         if p.exists():
             return p
@@ -43,6 +45,14 @@ def resolve_socket_path(socket_path: str | os.PathLike[str] | None) -> Path:
 def connect(path: Path) -> socket.socket:
     """Connect to the daemon at ``path``; KwspotError with a hint if nobody is there."""
     hint = f"start it with: kwspot listen --socket {path}"
+    try:
+        st = os.stat(path)
+    except OSError:
+        pass  # connect() says what is wrong
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise KwspotError(f"{path}: not a socket (a {'directory' if stat.S_ISDIR(st.st_mode) else 'file'})")
+    check_owner(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
@@ -58,6 +68,11 @@ def connect(path: Path) -> socket.socket:
     except OSError as e:
         sock.close()
         raise KwspotError(f"{path}: cannot connect: {e.strerror or e}") from None
+    try:
+        check_peer(sock, path)
+    except KwspotError:
+        sock.close()
+        raise
     return sock
 
 

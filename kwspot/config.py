@@ -19,6 +19,7 @@ import yaml
 
 from kwspot.checks import Check, choice, number, optional, show, string
 from kwspot.errors import KwspotError
+from kwspot.paths import checked
 from kwspot.sinks import sink_specs
 
 SYSTEM_CONFIG = Path("/etc/kwspot/config.yaml")
@@ -84,13 +85,13 @@ def user_config_path() -> Path:
 def find_config(explicit: str | None) -> Path | None:
     """The config file to use, or None for built-in defaults."""
     if explicit:
-        path = Path(explicit)
+        path = checked(explicit, "config file")
         if not path.is_file():
             raise KwspotError(f"{path}: no such config file")
         return path
     env = os.environ.get("KWSPOT_CONFIG")
     if env:
-        if not Path(env).is_file():
+        if not checked(env, "config file").is_file():
             raise KwspotError(f"{env}: no such config file (from $KWSPOT_CONFIG)")
         return Path(env)
     for candidate in (SYSTEM_CONFIG, user_config_path()):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from types import ModuleType
 from typing import Any
 
@@ -21,7 +23,29 @@ def import_sounddevice() -> ModuleType:
         raise KwspotError(
             "the PortAudio library is missing: install it (Debian: sudo apt-get install libportaudio2)"
         ) from None
+    release_alsa_plugins()
     return sounddevice
+
+
+def release_alsa_plugins() -> None:
+    """Unload the ALSA plugins PortAudio loaded only to list devices (a52, jack, speex, ...: 11 MiB here).
+
+    PortAudio opens every ALSA device once when it starts; alsa-lib keeps their plugin libraries (and
+    theirs: libavcodec, ...) loaded until its global configuration is freed, which is what PortAudio
+    itself does when it terminates. Freeing it now drops those not in use; opening a stream later
+    re-reads the configuration and loads just the plugin that stream needs.
+    """
+    global _asound
+    if _asound is None:
+        try:
+            _asound = ctypes.CDLL(ctypes.util.find_library("asound") or "libasound.so.2")
+        except OSError:
+            _asound = False
+    if _asound:
+        _asound.snd_config_update_free_global()
+
+
+_asound: Any = None
 
 
 def input_devices() -> list[dict[str, Any]]:

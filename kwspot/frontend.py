@@ -8,13 +8,18 @@ takes the raw 8 kHz window; its log-mel features live inside the model.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import soundfile
 import soxr
 
 from kwspot.errors import KwspotError
+from kwspot.paths import checked, shown
+
+if TYPE_CHECKING:
+    import soundfile
 
 SAMPLE_RATE = 8000
 WINDOW_SAMPLES = SAMPLE_RATE  # one second
@@ -26,6 +31,8 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 1:
         return audio
+    if audio.shape[1] == 1:
+        return audio[:, 0]  # a view: no averaging for the common mono case (every block, in real time)
     return audio.mean(axis=1, dtype=np.float32)
 
 
@@ -40,21 +47,51 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
 def unreadable(path: str | Path, exc: Exception) -> KwspotError:
     """The one-line error for an audio file soundfile cannot read."""
     detail = str(exc).strip().split("\n")[0]
-    return KwspotError(f"{path}: not a readable audio file ({detail})")
+    return KwspotError(f"{shown(path)}: not a readable audio file ({detail})")
+
+
+def open_audio(path: str | Path) -> soundfile.SoundFile:
+    """Open a WAV/FLAC file for reading in blocks; KwspotError naming it if it cannot be read or is empty."""
+    import soundfile  # only where files are read: 3 MiB the microphone daemon does without
+    path = checked(path, "audio file")
+    if not path.is_file():
+        raise KwspotError(f"{shown(path)}: no such audio file")
+    try:
+        with open(path, "rb"):  # the system's reason (permissions, ...) rather than libsndfile's "System error."
+            pass
+    except OSError as exc:
+        raise KwspotError(f"{shown(path)}: cannot open audio file ({exc.strerror})") from None
+    try:
+        audio = soundfile.SoundFile(os.fsencode(path))  # bytes: soundfile cannot encode names that are not UTF-8
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise unreadable(path, exc) from None
+    if audio.frames == 0:
+        audio.close()
+        raise KwspotError(f"{shown(path)}: audio file holds no samples")
+    return audio
+
+
+def count_nonfinite(audio: np.ndarray) -> int:
+    """How many samples are NaN or infinite (0 for ordinary audio, checked cheaply)."""
+    if np.isfinite(audio).all():
+        return 0
+    return int(audio.size - np.count_nonzero(np.isfinite(audio)))
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a WAV/FLAC file as float32 mono at its own rate."""
-    path = Path(path)
-    if not path.is_file():
-        raise KwspotError(f"{path}: no such audio file")
-    try:
-        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise unreadable(path, exc) from None
-    if audio.shape[0] == 0:
-        raise KwspotError(f"{path}: audio file holds no samples")
-    return to_mono(audio), int(rate)
+    """Read a WAV/FLAC file as float32 mono at its own rate; refuse NaN or infinite samples."""
+    import soundfile
+
+    with open_audio(path) as f:
+        try:
+            audio = f.read(dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise unreadable(path, exc) from None
+        rate = int(f.samplerate)
+    bad = count_nonfinite(audio)
+    if bad:
+        raise KwspotError(f"{shown(path)}: {bad} of {audio.size} samples are NaN or infinite")
+    return to_mono(audio), rate
 
 
 def load_audio(path: str | Path) -> np.ndarray:
@@ -80,12 +117,15 @@ def fit_window(audio: np.ndarray, length: int = WINDOW_SAMPLES) -> np.ndarray:
 class StreamResampler:
     """Resample a live stream block by block to 8 kHz, keeping soxr's state.
 
+    NaN or infinite samples are replaced by silence and counted in ``nonfinite``.
+
     Fed the blocks of a signal in order, it yields the same samples that
     :func:`resample` gives for the whole signal at once.
     """
 
     def __init__(self, rate: int) -> None:
         self.rate = int(rate)
+        self.nonfinite = 0  # NaN/infinite samples replaced by silence (they would poison soxr's state)
         self._stream = (
             None
             if self.rate == SAMPLE_RATE
@@ -95,6 +135,10 @@ class StreamResampler:
     def process(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         """Resample one mono float32 block; ``last`` flushes what soxr holds back."""
         block = np.ascontiguousarray(block, dtype=np.float32)
+        bad = count_nonfinite(block)
+        if bad:
+            self.nonfinite += bad
+            block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
         if self._stream is None:
             return block
         return self._stream.resample_chunk(block, last=last)

@@ -11,6 +11,7 @@ come from the registry in :mod:`kwspot.sinks`; those that want it get a
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import sys
@@ -30,8 +31,8 @@ from kwspot.modelfile import check_thresholds
 from kwspot.notify import SystemdNotifier
 from kwspot.pipeline import Pipeline
 from kwspot.settings import Settings, resolve
-from kwspot.sinks import SinkContext, Status, build_sinks, close_sinks, reconcile, spec_of
-from kwspot.sources import FileSource, MicSource, Source, StdinSource
+from kwspot.sinks import SinkContext, Status, build_sinks, close_sinks, reconcile, sink_alive, spec_of
+from kwspot.sources import FileSource, MicSource, Source, StdinSource, is_pipe_like
 
 log = logging.getLogger("kwspot")
 READ_TIMEOUT_S = 0.25
@@ -41,7 +42,7 @@ READ_TIMEOUT_S = 0.25
 class ListenRequest:
     """What the command line asked for, beyond the settings."""
 
-    input: str | None = None  # FILE, "-" for raw PCM on stdin, None for the microphone
+    input: str | None = None  # FILE, a pipe/FIFO, "-" for stdin, None for the microphone
     fast: bool = False
     stdin_rate: int = 16000
     config_path: str | None = None
@@ -84,11 +85,25 @@ def detector_settings(settings: Settings, model: Model, cli_threshold: bool = Fa
 
 def open_source(request: ListenRequest, settings: Settings) -> Source:
     block_ms = settings["audio"]["block_ms"]
-    if request.input == "-":
-        return StdinSource(rate=request.stdin_rate, block_ms=block_ms)
+    if request.input == "-" or (request.input and is_pipe_like(request.input)):
+        if request.fast:
+            raise KwspotError("--fast needs --input FILE (a pipe goes as fast as it is fed)")
+        return StdinSource(rate=request.stdin_rate, block_ms=block_ms, path=request.input)
     if request.input:
         return FileSource(request.input, realtime=not request.fast, block_ms=block_ms)
     return MicSource(settings["audio"]["device"], settings["audio"]["rate"], block_ms)
+
+
+NO_SINK = ("events would go nowhere: stdout is not a terminal and no sink is set; add --format jsonl "
+           "(JSON lines on stdout), --format console, --socket, --exec CMD, or sinks.mqtt/sinks.actions in the config")
+
+
+def release_startup_memory() -> None:
+    """Give back to the system the heap that start-up used and freed (imports, model loading; ~MiBs here)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc; elsewhere there is nothing to call, and nothing lost
+    except (OSError, AttributeError):
+        pass
 
 
 class Listener:
@@ -100,6 +115,8 @@ class Listener:
         self._where = str(config_used or "config")
         self._stop = False
         self._reload = False
+        self._started = False
+        self._interrupted_start = False  # Ctrl-C before the sinks were up
         self._saved_handlers = self.install_signal_handlers()  # before anything that needs cleaning up
         self.sinks: dict[str, Any] = {}
         self.model = load_model(settings)
@@ -108,21 +125,31 @@ class Listener:
         self.pipeline = Pipeline(self.model, detector, hop_s=settings["detector"]["hop_ms"] / 1000)
         self.source = open_source(request, settings)
         self._sink_context = SinkContext(
-            self.source.description, sys.stdout.isatty(), model=self.model.name, model_version=self.model.version,
-            keywords=self.model.keywords, thresholds={k: detector.threshold(k) for k in self.model.keywords},
+            self.source.description, sys.stdout is not None and sys.stdout.isatty(), model=self.model.name,
+            model_version=self.model.version, keywords=self.model.keywords,
+            thresholds={k: detector.threshold(k) for k in self.model.keywords},
         )
-        self.sinks = build_sinks(settings["sinks"], self._sink_context)
+        self._started = True  # from the first sink on (a socket file may appear), a signal is an ordinary stop
+        try:
+            self.sinks = build_sinks(settings["sinks"], self._sink_context)
+            if not self.sinks:
+                raise KwspotError(NO_SINK)
+        except BaseException:
+            self.source.close()
+            raise
         self.notifier = SystemdNotifier()
         self.events = 0
         self.skipped_samples = 0
         self._last_audio = time.monotonic()
         self._last_ping = 0.0
-        self._reported = {"overflows": 0, "dropped": 0, "skipped": 0}
+        self._reported = {"overflows": 0, "dropped": 0, "skipped": 0, "nonfinite": 0}
         self._last_report = 0.0
+        self._last_sink_check = 0.0
 
     # -- signals -------------------------------------------------------------
     def _on_stop(self, signum: int, frame: Any) -> None:
         self._stop = True
+        self._interrupted_start = self._interrupted_start or (signum == signal.SIGINT and not self._started)
 
     def _on_hup(self, signum: int, frame: Any) -> None:
         self._reload = True
@@ -134,14 +161,23 @@ class Listener:
 
     # -- main loop -----------------------------------------------------------
     def run(self) -> int:
+        if self._interrupted_start:  # Ctrl-C during start-up: leave quietly with 130, as a shell expects
+            self.close()
+            return 128 + signal.SIGINT
         log.info("listening on %s with model %s", self.source.description, self.model.path.name)
+        release_startup_memory()
         self.notifier.ready()
         try:
             while not self._stop:
                 if self._reload:
                     self._reload = False
                     self.reload()
-                block = self.source.read(READ_TIMEOUT_S)
+                try:
+                    block = self.source.read(READ_TIMEOUT_S)
+                except KwspotError:
+                    if self._stop:  # e.g. stdin closed by whoever also sent SIGTERM: a stop, not bad input
+                        break
+                    raise
                 if block is None:
                     break
                 if block.size:
@@ -150,6 +186,9 @@ class Listener:
                 self._catch_up()
                 self._report_problems()
                 self._feed_watchdog()
+                if not self._sinks_alive():
+                    log.info("stopping: every sink is gone (%s)", ", ".join(self.sinks))
+                    break
         finally:
             self.close()
         log.info("stopped after %.1f s of audio, %d events", self.pipeline.t, self.events)
@@ -176,11 +215,20 @@ class Listener:
         self.pipeline.skip(dropped)
         self.skipped_samples += dropped
 
+    def _sinks_alive(self) -> bool:
+        """Ask the sinks (twice a second) whether their readers are still there; False once none is."""
+        now = time.monotonic()
+        if now - self._last_sink_check < 0.5:
+            return True
+        self._last_sink_check = now
+        return any([sink_alive(sink) for sink in self.sinks.values()])  # a list: every sink gets its check
+
     def _counters(self) -> dict[str, int]:
         return {
             "overflows": self.source.overflows,
             "dropped": self.source.dropped_blocks,
             "skipped": self.skipped_samples,
+            "nonfinite": getattr(self.source, "nonfinite", 0),
         }
 
     def _problems_text(self) -> str:
@@ -188,6 +236,8 @@ class Listener:
         parts = [f"{c['overflows']} overflows"] if c["overflows"] else []
         if c["dropped"] or c["skipped"]:
             parts.append(f"{c['dropped']} blocks dropped, {c['skipped'] / SAMPLE_RATE:.1f} s skipped")
+        if c["nonfinite"]:
+            parts.append(f"{c['nonfinite']} NaN/inf samples silenced")
         return ", ".join(parts)
 
     def _report_problems(self) -> None:
@@ -200,8 +250,9 @@ class Listener:
             self._last_report = now
             self._reported = counters
             log.warning(
-                "input trouble in the last second: %d overflows, %d blocks dropped, %.2f s skipped to catch up",
+                "input trouble in the last second: %d overflows, %d blocks dropped, %.2f s skipped to catch up%s",
                 new["overflows"], new["dropped"], new["skipped"] / SAMPLE_RATE,
+                f", {new['nonfinite']} NaN/infinite samples replaced by silence" if new["nonfinite"] else "",
             )
 
     def _feed_watchdog(self) -> None:
@@ -221,7 +272,8 @@ class Listener:
             settings, path = resolve(self.request.config_path, self.request.flags)
             new_detector = Detector(self.model.labels, detector_settings(
                 settings, self.model, self.request.cli_threshold, str(path or "config")))
-            self.sinks = reconcile(self.sinks, self.settings["sinks"], settings["sinks"], self._sink_context)
+            self.sinks = reconcile(self.sinks, self.settings["sinks"], settings["sinks"], self._sink_context,
+                                   refuse_none="the new configuration has no sink; events would go nowhere")
         except KwspotError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
         else:

@@ -21,6 +21,7 @@ from kwspot import modelfile
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.modelfile import sidecar_path  # noqa: F401 - re-exported for callers of kwspot.model
+from kwspot.paths import checked, shown
 
 BUNDLED_MODEL_NAME = "kwspot.tflite"
 
@@ -50,9 +51,9 @@ class Model:
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.path = Path(path)
+        self.path = checked(path, "model")
         if not self.path.is_file():
-            raise KwspotError(f"{self.path}: no such model file")
+            raise KwspotError(f"{shown(self.path)}: no such model file")
         self.file = modelfile.read(self.path)
         if self.file.sample_rate != SAMPLE_RATE:
             raise KwspotError(
@@ -62,8 +63,12 @@ class Model:
         self.labels: list[str] = list(self.file.labels)
         self.keywords: tuple[str, ...] = self.file.keywords
         try:
+            content = self.path.read_bytes()  # our own read: a clear error for an unreadable file
+        except OSError as exc:
+            raise KwspotError(f"{shown(self.path)}: cannot read model ({exc.strerror})") from None
+        try:
             with _quiet_stderr():
-                self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+                self._interpreter = Interpreter(model_content=content, num_threads=threads)
                 self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             detail = str(exc).strip().split("\n")[0]

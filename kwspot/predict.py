@@ -3,42 +3,76 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile
 
 from kwspot.errors import KwspotError
-from kwspot.frontend import fit_window, load_audio
+from kwspot.frontend import StreamResampler, count_nonfinite, fit_window, open_audio, to_mono, unreadable
 from kwspot.model import Model
+from kwspot.paths import shown
 
-log = logging.getLogger("kwspot")
+BLOCK_S = 1.0  # read long files a second at a time: memory stays bounded whatever their length
+
+
+def loudest_window(path: str | Path, length: int) -> np.ndarray:
+    """The clip as ``fit_window`` cuts it (padded, or the loudest ``length`` samples), read in blocks.
+
+    NaN or infinite samples are an error: a clip that holds them has no meaningful answer.
+    """
+    with open_audio(path) as audio:
+        resampler = StreamResampler(audio.samplerate)
+        block = max(1, int(audio.samplerate * BLOCK_S))
+        tail = np.zeros(0, dtype=np.float32)  # the last length-1 samples seen, for windows across blocks
+        best, best_energy = tail, -1.0
+        while True:
+            try:
+                frames = audio.read(block, dtype="float32", always_2d=True)
+            except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+                raise unreadable(path, exc) from None
+            bad = count_nonfinite(frames)
+            if bad:
+                raise KwspotError(f"{shown(path)}: {bad} samples are NaN or infinite")
+            samples = resampler.process(to_mono(frames), last=len(frames) < block)
+            window = np.concatenate((tail, samples))
+            if window.size >= length:
+                energy = np.concatenate(([0.0], np.cumsum(window.astype(np.float64) ** 2)))
+                sums = energy[length:] - energy[:-length]
+                start = int(np.argmax(sums))
+                if sums[start] > best_energy:
+                    best, best_energy = window[start : start + length].copy(), float(sums[start])
+                tail = window[window.size - length + 1 :]
+            else:
+                tail = window
+            if len(frames) < block:
+                break
+    return best if best_energy >= 0 else fit_window(tail, length)
 
 
 def predict_file(model: Model, path: str | Path) -> tuple[str, float]:
     """The top label and its probability for one clip (padded or centred to 1 s)."""
-    window = fit_window(load_audio(path), model.window_samples)
-    probs = model.predict(window)
+    probs = model.predict(loudest_window(path, model.window_samples))
     top = int(np.argmax(probs))
     return model.labels[top], float(probs[top])
 
 
 def run_predict(model: Model, files: list[str], as_json: bool) -> int:
-    """Print one line per file; a bad file gets one error line, the rest still run, and the exit is 1."""
+    """Print one line per file; a bad file gets one error line, the rest still run, and the exit is 2."""
     failed = 0
     for name in files:
         try:
             label, score = predict_file(model, name)
         except KwspotError as exc:
             failed += 1
-            log.error("%s", exc)
+            print(f"kwspot: error: {exc}", file=sys.stderr, flush=True)
             continue
         if as_json:
             print(json.dumps({"file": name, "label": label, "score": round(score, 4)}), flush=True)
         else:
-            print(f"{name}\t{label}\t{score:.3f}", flush=True)
-    return 1 if failed else 0
+            print(f"{shown(name)}\t{label}\t{score:.3f}", flush=True)
+    return 2 if failed else 0
 
 
 def main_predict(model_path: str | None, files: list[str], as_json: bool) -> int:

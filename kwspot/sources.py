@@ -8,22 +8,22 @@ streaming soxr resampler that matches training's front end.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import select
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-import soundfile
 
-from kwspot.devices import import_sounddevice, resolve_device
+from kwspot.devices import import_sounddevice, release_alsa_plugins, resolve_device
 from kwspot.errors import KwspotError
-from kwspot.frontend import SAMPLE_RATE, StreamResampler, to_mono, unreadable
+from kwspot.frontend import SAMPLE_RATE, StreamResampler, open_audio, to_mono
+from kwspot.paths import shown
+from kwspot.pipe_source import StdinSource, is_pipe_like
+
+__all__ = ["FileSource", "MicSource", "Source", "StdinSource", "is_pipe_like", "with_tail"]
 
 log = logging.getLogger("kwspot")
 EMPTY = np.zeros(0, dtype=np.float32)
@@ -65,25 +65,26 @@ class Source(Protocol):
 class FileSource(Source):
     """A WAV/FLAC file (any rate, any channels), in real time or as fast as possible.
 
+    It decodes a second at a time (soundfile's per-call cost is larger than the decoding of one
+    block) and hands out ``block_ms`` blocks, each when its last sample would have been captured.
     At the end it adds one second of silence so the last word is judged.
     """
 
+    CHUNK_S = 1.0
+
     def __init__(self, path: str | Path, realtime: bool = True, block_ms: int = 50) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise KwspotError(f"{self.path}: no such audio file")
-        try:
-            self._file = soundfile.SoundFile(str(self.path))
-        except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
-            raise unreadable(self.path, exc) from None
+        self._file = open_audio(self.path)
         self.rate = int(self._file.samplerate)
-        self.description = f"{self.path} ({self.rate} Hz, {self._file.channels} ch)"
+        self.description = f"{shown(self.path)} ({self.rate} Hz, {self._file.channels} ch)"
         self._block = max(1, self.rate * block_ms // 1000)
         self._resampler = StreamResampler(self.rate)
         self._realtime = realtime
         self._start = time.monotonic()
         self._frames_read = 0
         self._tail_sent = False
+        self._chunk = np.zeros(0, dtype=np.float32)  # decoded mono frames not yet handed out
+        self._eof = False
 
     def read(self, timeout: float) -> np.ndarray | None:
         if self._tail_sent:
@@ -96,51 +97,32 @@ class FileSource(Source):
                 return EMPTY
             if wait > 0:
                 time.sleep(wait)
-        try:
-            frames = self._file.read(self._block, dtype="float32", always_2d=True)
-        except (soundfile.LibsndfileError, RuntimeError) as exc:
-            raise KwspotError(f"{self.path}: unreadable audio past frame {self._frames_read} ({exc})") from None
+        if self._chunk.size < self._block and not self._eof:
+            self._decode_chunk()
+        frames, self._chunk = self._chunk[: self._block], self._chunk[self._block :]
         self._frames_read += len(frames)
-        if len(frames) < self._block:
+        if self._eof and not self._chunk.size:
             self._tail_sent = True
-            return with_tail(self._resampler.process(to_mono(frames), last=True))
-        return self._resampler.process(to_mono(frames))
+            return with_tail(self._resampler.process(frames, last=True))
+        return self._resampler.process(frames)
+
+    def _decode_chunk(self) -> None:
+        import soundfile
+
+        want = max(self._block, int(self.rate * self.CHUNK_S))
+        try:
+            frames = to_mono(self._file.read(want, dtype="float32", always_2d=True))
+        except (soundfile.LibsndfileError, RuntimeError) as exc:
+            raise KwspotError(f"{shown(self.path)}: unreadable audio past frame {self._frames_read} ({exc})") from None
+        self._eof = len(frames) < want
+        self._chunk = np.concatenate((self._chunk, frames)) if self._chunk.size else frames
+
+    @property
+    def nonfinite(self) -> int:
+        return self._resampler.nonfinite
 
     def close(self) -> None:
         self._file.close()
-
-
-class StdinSource(Source):
-    """Raw 16-bit little-endian mono PCM on a pipe, e.g. from ``arecord -t raw``."""
-
-    def __init__(self, rate: int = 16000, block_ms: int = 50, stream: BinaryIO | None = None) -> None:
-        self.rate = rate
-        self.description = f"stdin (raw S16_LE mono, {rate} Hz)"
-        self._stream = stream or sys.stdin.buffer
-        self._bytes = 2 * max(1, rate * block_ms // 1000)
-        self._carry = b""
-        self._resampler = StreamResampler(rate)
-        self._ended = False
-
-    def read(self, timeout: float) -> np.ndarray | None:
-        if self._ended:
-            return None
-        fd = self._stream.fileno()
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            return EMPTY
-        data = os.read(fd, self._bytes)
-        if not data:
-            self._ended = True
-            return with_tail(self._resampler.process(EMPTY, last=True))
-        data = self._carry + data
-        usable = len(data) - len(data) % 2
-        self._carry = data[usable:]
-        samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
-        return self._resampler.process(samples)
-
-    def close(self) -> None:
-        pass
 
 
 class AudioSystemHung(KwspotError):
@@ -287,6 +269,7 @@ class MicSource(Source):
         """Restart PortAudio (so it sees devices and servers that came back), then open the device."""
         self._sd._terminate()
         self._sd._initialize()
+        release_alsa_plugins()
         self._open()
 
     def _close_stream(self) -> None:

@@ -39,6 +39,7 @@ from wyoming.server import AsyncEventHandler, AsyncServer
 from wyoming.wake import Detect, Detection, NotDetected
 
 from kwspot import __version__
+from kwspot.argtypes import Number
 from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.events import Event
@@ -352,7 +353,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", metavar="FILE", help="config file (model and detector settings)")
     p.add_argument("--model", "-m", metavar="FILE", help="a .tflite model with its .json sidecar")
-    p.add_argument("--threshold", type=float, metavar="P", help="one threshold for every keyword (0 to 1)")
+    p.add_argument("--threshold", type=Number(0.0, 1.0), metavar="P", help="one threshold for every keyword (0 to 1)")
     _add_logging(p)
 
 

@@ -56,7 +56,7 @@ def test_predict_reports_a_bad_file_and_goes_on(tmp_path, speech_commands):
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
     _, good = keyword_clips(speech_commands, per_word=1)[0]
     result = run_kwspot("predict", str(bad), str(good))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert str(good) in result.stdout
     assert_one_line_error(result, "corrupt.wav")
 

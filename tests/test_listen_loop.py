@@ -10,10 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from kwspot import sinks as registry
 from kwspot import sources
 from kwspot.config import validate
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.listen import Listener, ListenRequest
+from kwspot.sinks import SinkSpec
 from kwspot.sources import MicSource
 
 
@@ -180,8 +182,19 @@ class FakeNotifier:
         self.sent.append("STOPPING")
 
 
+class NullSink:
+    """Somewhere for events to go (a listener without any sink refuses to start)."""
+
+    def emit(self, event):
+        pass
+
+    def close(self):
+        pass
+
+
 def make_listener(monkeypatch, source, config_path=None):
     monkeypatch.setattr("kwspot.listen.open_source", lambda request, settings: source)
+    monkeypatch.setattr(registry, "sink_specs", lambda: (SinkSpec("null", {}, lambda cfg, ctx: NullSink()),))
     settings = validate(None)
     settings["sinks"]["console"] = False
     listener = Listener(ListenRequest(input="fake", config_path=config_path), settings)

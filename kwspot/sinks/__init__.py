@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
 
+from kwspot.errors import KwspotError
 from kwspot.events import Event
 
 SINK_MODULES = (
@@ -37,6 +38,19 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release what the sink holds (files, sockets, threads)."""
+
+
+def sink_alive(sink: Sink) -> bool:
+    """False once a sink can deliver nothing more, ever (jsonl: stdout's reader went away).
+
+    A sink whose consumer can vanish for good has ``check()`` (look now, even
+    with no event due) and a ``closed`` flag; a sink with neither (console,
+    socket with or without clients, mqtt, actions) stays alive while the daemon runs.
+    """
+    check = getattr(sink, "check", None)
+    if check is not None:
+        check()
+    return not getattr(sink, "closed", False)
 
 
 @dataclass(frozen=True)
@@ -95,11 +109,13 @@ def build_sinks(cfg: SinkSettings, ctx: SinkContext) -> dict[str, Sink]:
     return sinks
 
 
-def reconcile(sinks: dict[str, Sink], old: SinkSettings, new: SinkSettings, ctx: SinkContext) -> dict[str, Sink]:
+def reconcile(sinks: dict[str, Sink], old: SinkSettings, new: SinkSettings, ctx: SinkContext,
+              refuse_none: str = "") -> dict[str, Sink]:
     """The sinks a reloaded config asks for, keeping each whose own settings did not change.
 
-    New sinks are built first; if one fails (KwspotError), they are closed and
-    the running ones are left as they were.
+    New sinks are built first; if one fails (KwspotError), or none would be
+    left and ``refuse_none`` gives the reason to refuse that, they are closed
+    and the running ones are left as they were.
     """
     kept: dict[str, Sink] = {}
     fresh: dict[str, Sink] = {}
@@ -114,6 +130,8 @@ def reconcile(sinks: dict[str, Sink], old: SinkSettings, new: SinkSettings, ctx:
             sink = spec.build(new, ctx)
             if sink is not None:
                 fresh[spec.name] = sink
+        if refuse_none and not (kept or fresh):
+            raise KwspotError(refuse_none)
     except BaseException:
         close_sinks(fresh)
         raise

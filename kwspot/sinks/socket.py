@@ -20,6 +20,7 @@ import select
 import selectors
 import socket
 import stat
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pathlib import Path
 from kwspot.checks import number, octal_mode, optional, string
 from kwspot.errors import KwspotError
 from kwspot.events import Event
+from kwspot.paths import checked
 from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 
 SOCKET_NAME = "kwspot.sock"
@@ -35,6 +37,8 @@ SYSTEM_SOCKET = Path("/run/kwspot") / SOCKET_NAME
 _MAX_PATH_BYTES = 107  # sizeof(sun_path) - 1 on Linux
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)  # never SIGPIPE, even if the CLI restored SIG_DFL
 _DROP_LOG_INTERVAL = 1.0
+_REFUSED_LOG_INTERVAL = 10.0  # clients refused past max_clients: one log line with a count, at most this often
+MAX_CLIENT_INPUT = 64 * 1024  # clients need not send anything; one that sends more than this is cut off
 _LISTENER = object()
 _WAKER = object()
 
@@ -80,6 +84,7 @@ class _Client:
     unreported: int = 0  # dropped since the last log line
     last_report: float = float("-inf")
     reading: bool = True  # False once the peer shut down its sending side
+    received: int = 0  # bytes the client sent (and we discarded)
     events: int = selectors.EVENT_READ  # what the selector watches for it (changed under the lock)
     gone: str | None = None  # why it is to be dropped (a write failed)
 
@@ -114,6 +119,9 @@ class SocketSink:
         self._stopping = False
         self._linger = 0.5
         self._accept_paused_until = 0.0
+        self.refused = 0  # clients refused past max_clients, in total
+        self._refused_unreported = 0
+        self._refused_reported_at = float("-inf")
         self._listener = self._bind()
         try:
             st = os.stat(self._abspath)
@@ -202,12 +210,13 @@ class SocketSink:
 
     # ---- binding ----------------------------------------------------------
     def _bind(self) -> socket.socket:
-        path = self.path
+        path = self.path = checked(self.path, "socket")
         if len(os.fsencode(str(path))) > _MAX_PATH_BYTES:
             raise KwspotError(f"{path}: socket path too long (at most {_MAX_PATH_BYTES} bytes)")
         parent = Path(self._abspath).parent
         if not parent.is_dir():
             raise KwspotError(f"{path}: cannot create socket: directory {parent} does not exist")
+        check_owner(path)
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -312,6 +321,7 @@ class SocketSink:
                 with self._lock:
                     self._set_events_locked(c)
         self._report_drops()
+        self._report_refused()
         if self._accept_paused_until and time.monotonic() >= self._accept_paused_until and not self._stopping:
             self._accept_paused_until = 0.0
             self._sel.register(self._listener, selectors.EVENT_READ, _LISTENER)
@@ -331,6 +341,8 @@ class SocketSink:
                     deadlines.append(now + 1.0)  # poll half-closed peers for a full close
         if self._accept_paused_until:
             deadlines.append(self._accept_paused_until)
+        if self._refused_unreported:
+            deadlines.append(self._refused_reported_at + _REFUSED_LOG_INTERVAL)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
@@ -355,7 +367,9 @@ class SocketSink:
                     self._accept_paused_until = time.monotonic() + 1.0
                 return  # ECONNABORTED and friends: the client already left
             if len(self._clients) >= self.max_clients:
-                self.log.warning("refusing a client on %s: %d clients already", self.path, self.max_clients)
+                self.refused += 1
+                self._refused_unreported += 1
+                self._report_refused()
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -370,14 +384,21 @@ class SocketSink:
     def _read(self, c: _Client) -> bool:
         """Discard what the client sent; False if the client is gone."""
         try:
-            data = c.sock.recv(4096)
+            data = c.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError as e:
             self._drop(c, e.strerror or str(e))
             return False
         if data:
-            return True
+            c.received += len(data)
+            if c.received <= MAX_CLIENT_INPUT:
+                return True
+            self.log.warning(
+                "client %d sent %d bytes (clients need not send anything); disconnecting it", c.id, c.received
+            )
+            self._drop(c, "sent too much")
+            return False
         # EOF: gone entirely, or only shut down its sending side (socat, nc with stdin at EOF)?
         if _peer_hung_up(c.sock):
             self._drop(c, "disconnected")
@@ -449,6 +470,53 @@ class SocketSink:
                     c.last_report = now
         for cid, n in reports:
             self.log.warning("client %d: %d event%s dropped, not reading", cid, n, "" if n == 1 else "s")
+
+    def _report_refused(self) -> None:
+        """Clients refused past the limit: one line with a count, at most every ``_REFUSED_LOG_INTERVAL`` s."""
+        now = time.monotonic()
+        if not self._refused_unreported or now - self._refused_reported_at < _REFUSED_LOG_INTERVAL:
+            return
+        n, self._refused_unreported, self._refused_reported_at = self._refused_unreported, 0, now
+        self.log.warning(
+            "refused %d client%s on %s: %d clients already (the limit); next report in %.0f s at the earliest",
+            n, "" if n == 1 else "s", self.path, self.max_clients, _REFUSED_LOG_INTERVAL,
+        )
+
+
+def check_owner(path: str | os.PathLike[str]) -> None:
+    """Refuse a socket that another user may have planted: in a directory anyone can write to
+    (``/tmp``), the socket file must belong to us or to root, and the directory must be sticky."""
+    parent = Path(os.path.abspath(path)).parent
+    try:
+        dir_mode = os.stat(parent).st_mode
+    except OSError:
+        return  # no directory: the caller reports that
+    if not dir_mode & stat.S_IWOTH:
+        return  # only the directory's owner or group can put files there (e.g. /run/kwspot)
+    if not dir_mode & stat.S_ISVTX:
+        raise KwspotError(f"{path}: its directory {parent} is writable by anyone and not sticky; choose another path")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return  # nothing there yet
+    if st.st_uid not in (os.getuid(), 0):
+        raise KwspotError(
+            f"{path}: belongs to uid {st.st_uid}, not to you, in {parent} where anyone can create files; "
+            "refusing it (set XDG_RUNTIME_DIR or choose another path)"
+        )
+
+
+def check_peer(sock: socket.socket, path: str | os.PathLike[str]) -> None:
+    """After connecting in a directory anyone can write to: the listening process must run as us or root."""
+    parent = Path(os.path.abspath(path)).parent
+    try:
+        if not os.stat(parent).st_mode & stat.S_IWOTH:
+            return
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError:
+        return
+    if uid not in (os.getuid(), 0):
+        raise KwspotError(f"{path}: served by uid {uid}, not by you or root; refusing its events")
 
 
 def _peer_hung_up(sock: socket.socket) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from kwspot import KEYWORDS, modelfile
+from kwspot.argtypes import Number
 from kwspot.errors import KwspotError
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
 from kwspot.train.data import Dataset, clip_windows, load_long, scan, speech_files
@@ -27,11 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keywords", type=keyword_list, default=KEYWORDS, metavar="WORD,...",
                         help="the words the model fires on: word folders of --data (default: the ten commands)")
     parser.add_argument("--arch", default="default", choices=("default", "workshop"))
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default 64; workshop 32)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate, cosine decay")
-    parser.add_argument("--patience", type=int, default=15,
+    parser.add_argument("--epochs", type=Number(1, 100000, integer=True), default=40)
+    parser.add_argument("--seed", type=Number(0, 2**32 - 1, integer=True), default=0)
+    parser.add_argument("--batch", type=Number(1, 65536, integer=True), default=None,
+                        help="batch size (default 64; workshop 32)")
+    parser.add_argument("--lr", type=Number(1e-9, 10.0), default=None, help="peak learning rate, cosine decay")
+    parser.add_argument("--patience", type=Number(1, 100000, integer=True), default=15,
                         help="early stopping: epochs without a better validation accuracy")
     parser.add_argument("--negatives", action="append", type=Path, default=[], metavar="DIR",
                         help="continuous speech without the keywords (repeatable); its windows become _unknown_")
@@ -39,10 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add other words (many near misses) spoken by espeak-ng as _unknown_")
     parser.add_argument("--no-fragments", action="store_true", help="do not train on keyword halves as _unknown_")
     parser.add_argument("--specaugment", action="store_true", help="mask log-mel bands and frames while training")
-    parser.add_argument("--noise-prob", type=float, default=0.8, help="share of examples mixed with background noise")
-    parser.add_argument("--unknown-ratio", type=float, default=2.0,
+    parser.add_argument("--noise-prob", type=Number(0.0, 1.0), default=0.8,
+                        help="share of examples mixed with background noise")
+    parser.add_argument("--unknown-ratio", type=Number(0.0, 100.0), default=2.0,
                         help="_unknown_ examples per epoch, relative to one keyword class")
-    parser.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this wall clock")
+    parser.add_argument("--max-minutes", type=Number(0.0, 525600.0), default=0.0,
+                        help="stop training after this wall clock")
     parser.add_argument("--cache", type=Path, default=None, help="decoded-audio cache (default ~/.cache/kwspot)")
 
 

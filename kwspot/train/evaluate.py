@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from kwspot.argtypes import Number, NumberList
 from kwspot.detector import DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.model import Model, bundled_model_path
@@ -38,23 +39,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="decoded-audio cache (default ~/.cache/kwspot)")
     g = parser.add_argument_group("stream mode")
     g.add_argument("--stream", action="store_true", help="score detection on a generated stream of the listed clips")
-    g.add_argument("--snr", default="20,10,5", help="SNRs in dB for the words, comma separated, or 'clean'")
+    g.add_argument("--snr", default="20,10,5", type=NumberList(-50.0, 100.0, ("clean",)),
+                   help="SNRs in dB for the words, comma separated, or 'clean'")
     g.add_argument("--words", default="all", choices=("all", "keywords", "unknown"), help="which listed clips to speak")
-    g.add_argument("--minutes", type=float, default=0.0, help="repeat the clips until the stream is this long")
-    g.add_argument("--other-words-minutes", type=float, default=0.0,
+    g.add_argument("--minutes", type=Number(0.0, 10080.0), default=0.0,
+                   help="repeat the clips until the stream is this long")
+    g.add_argument("--other-words-minutes", type=Number(0.0, 10080.0), default=0.0,
                    help="append this many minutes of the split's other (non-keyword) words, repeated")
     g.add_argument("--speech", action="append", type=Path, default=[], metavar="DIR",
                    help="continuous speech with none of the keywords (its split's files): false accepts on speech")
-    g.add_argument("--threshold", type=float, default=None, help="one threshold for all keywords (default: model's)")
-    g.add_argument("--target-fa-per-hour", type=float, default=None,
+    g.add_argument("--threshold", type=Number(0.0, 1.0), default=None,
+                   help="one threshold for all keywords (default: model's)")
+    g.add_argument("--target-fa-per-hour", type=Number(0.0, 36000.0), default=None,
                    help="choose per-keyword thresholds meeting this false-accept rate (all audio of the stream)")
     g.add_argument("--save-thresholds", action="store_true",
                    help="write the chosen thresholds into the model's sidecar")
-    g.add_argument("--seed", type=int, default=0, help="stream seed")
-    g.add_argument("--hop-ms", type=float, default=100.0)
-    g.add_argument("--smoothing-hops", type=int, default=DetectorSettings.smoothing_hops)
-    g.add_argument("--min-consecutive", type=int, default=DetectorSettings.min_consecutive)
-    g.add_argument("--refractory-s", type=float, default=DetectorSettings.refractory_s)
+    g.add_argument("--seed", type=Number(0, 2**32 - 1, integer=True), default=0, help="stream seed")
+    g.add_argument("--hop-ms", type=Number(10.0, 1000.0), default=100.0)
+    g.add_argument("--smoothing-hops", type=Number(1, 50, integer=True), default=DetectorSettings.smoothing_hops)
+    g.add_argument("--min-consecutive", type=Number(1, 50, integer=True), default=DetectorSettings.min_consecutive)
+    g.add_argument("--refractory-s", type=Number(0.0, 60.0), default=DetectorSettings.refractory_s)
 
 
 def split_of_list(name: str) -> str:

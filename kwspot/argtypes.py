@@ -1,0 +1,54 @@
+"""Checked command-line values: every numeric flag has a type that knows its range.
+
+``argparse`` calls the type with the raw string; a value that is not a
+number, not finite, or out of range becomes an ``argparse`` error (one line,
+exit 2, see ``cli.OneLineParser``). The tests find every numeric flag of
+every subcommand by looking for these types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+class Number:
+    """An argparse type: an int or float within [low, high], never NaN or infinite."""
+
+    def __init__(self, low: float, high: float, integer: bool = False) -> None:
+        self.low, self.high, self.integer = low, high, integer
+        self.__name__ = "whole number" if integer else "number"  # argparse names the type in its message
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value: int | float = int(text) if self.integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{self.__name__} expected, not {text!r}") from None
+        if not math.isfinite(value) or not self.low <= value <= self.high:
+            raise argparse.ArgumentTypeError(f"must be between {self.low:g} and {self.high:g}, not {text}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"Number({self.low:g}, {self.high:g}, integer={self.integer})"
+
+
+class NumberList:
+    """A comma-separated list of numbers in range, or one of ``words`` (e.g. ``clean``), kept as text."""
+
+    def __init__(self, low: float, high: float, words: tuple[str, ...] = ()) -> None:
+        self.item = Number(low, high)
+        self.low, self.high, self.words = low, high, words
+        self.__name__ = "list of numbers"
+
+    def __call__(self, text: str) -> str:
+        if text.strip().lower() in self.words:
+            return text
+        for part in text.split(","):
+            try:
+                self.item(part.strip())
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentTypeError(f"{exc} (in {text!r})" if "," in text else str(exc)) from None
+        return text
+
+    def __repr__(self) -> str:
+        return f"NumberList({self.low:g}, {self.high:g})"

@@ -1,0 +1,39 @@
+"""File names from the user (flags, config, environment): refuse what no system call can take.
+
+A NUL byte, a name part over 255 bytes or a path over 4095 bytes would
+otherwise surface as a ``ValueError`` or ``OSError`` deep inside a library.
+Names that are not UTF-8 are fine (Python keeps their bytes); messages show
+them with escapes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+NAME_MAX = 255  # bytes in one part of a path (Linux, most file systems)
+PATH_MAX = 4095  # bytes in a whole path
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """The path as text that always prints: undecodable bytes become escapes."""
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def checked(path: str | os.PathLike[str], what: str = "file") -> Path:
+    """``path`` as a Path, or KwspotError naming it if no system call could take it."""
+    from kwspot.errors import KwspotError
+
+    text = os.fsdecode(path)
+    if "\0" in text:
+        visible = shown(text.replace("\0", "\\0"))
+        raise KwspotError(f"{visible}: {what} name contains a NUL byte")
+    raw = os.fsencode(text)
+    if len(raw) > PATH_MAX:
+        raise KwspotError(f"{shown(text)[:60]}...: {what} path too long ({len(raw)} bytes, at most {PATH_MAX})")
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise KwspotError(
+            f"{shown(text)[:60]}...: {what} name too long ({len(longest)} bytes in one part, at most {NAME_MAX})"
+        )
+    return Path(text)

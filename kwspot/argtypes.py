@@ -3,7 +3,8 @@
 ``argparse`` calls the type with the raw string; a value that is not a
 number, not finite, or out of range becomes an ``argparse`` error (one line,
 exit 2, see ``cli.OneLineParser``). The tests find every numeric flag of
-every subcommand by looking for these types.
+every subcommand by looking for these types; :func:`command_line` checks a
+shell command given as a flag (``--exec``).
 """
 
 from __future__ import annotations
@@ -52,3 +53,17 @@ class NumberList:
 
     def __repr__(self) -> str:
         return f"NumberList({self.low:g}, {self.high:g})"
+
+
+MAX_ARG_BYTES = 131071  # MAX_ARG_STRLEN - 1 on Linux: the longest single argument execve takes
+
+
+def command_line(text: str) -> str:
+    """An argparse type for a shell command line: not blank, no NUL byte, short enough to execute."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty command")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("the command contains a NUL byte")
+    if len(text.encode("utf-8", "surrogateescape")) > MAX_ARG_BYTES:
+        raise argparse.ArgumentTypeError(f"the command is longer than {MAX_ARG_BYTES} bytes")
+    return text

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kwspot import __version__
-from kwspot.argtypes import Number
+from kwspot.argtypes import Number, command_line
 from kwspot.errors import KwspotError
 
 log = logging.getLogger("kwspot")
@@ -37,7 +37,7 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
         help=f"serve events as JSON lines on a unix socket (default path: {default_socket_path()})",
     )
     out.add_argument("--no-console", action="store_true", help="no console view, even on a terminal")
-    out.add_argument("--exec", metavar="CMD",
+    out.add_argument("--exec", metavar="CMD", type=command_line,
                      help="run the shell command CMD for every event (event JSON on stdin, $KWSPOT_KEYWORD, "
                           "$KWSPOT_SCORE); replaces sinks.actions")
     _add_logging(p)

@@ -46,6 +46,7 @@ from kwspot.events import Event
 from kwspot.frontend import StreamResampler, decode_pcm
 from kwspot.model import Model
 from kwspot.notify import SystemdNotifier
+from kwspot.paths import checked
 from kwspot.pipeline import Pipeline
 from kwspot.sources import with_tail
 
@@ -238,6 +239,8 @@ def check_uri(uri: str, zeroconf: str | None) -> None:
             raise KwspotError(f"--uri {uri}: give a host and a port, e.g. {DEFAULT_URI}")
     if parsed.scheme == "unix" and not parsed.path:
         raise KwspotError(f"--uri {uri}: give a socket path, e.g. unix:///run/kwspot/wyoming.sock")
+    if parsed.scheme == "unix":
+        checked(parsed.path, "socket")
     if zeroconf is not None and parsed.scheme != "tcp":
         raise KwspotError(f"--zeroconf needs a tcp:// URI, not {uri}")
 

@@ -108,6 +108,46 @@ def test_every_numeric_flag_declares_its_range():
     numeric = [(name, a.option_strings) for name, a in numeric_flags() if a.type in (int, float)]
     assert numeric == [], f"numeric flags without a range check (use kwspot.argtypes.Number): {numeric}"
     assert sum(isinstance(a.type, (Number, NumberList)) for _, a in numeric_flags()) >= 20
+    ranged = {name for name, a in numeric_flags() if isinstance(a.type, (Number, NumberList))}
+    assert {"listen", "wyoming", "train", "evaluate"} <= ranged  # every subcommand's options were introspected
+
+
+WORD_FLAGS = {
+    "listen --exec, empty": (["listen", "--exec="], "--exec"),
+    "listen --exec, blank": (["listen", "--exec=  "], "--exec"),
+    "listen --exec, NUL byte": (["listen", "--exec=echo \0"], "--exec"),
+    "train --keywords, empty word": (["train", "--data=d", "--out=o", "--keywords=eight,,stop"], "--keywords"),
+    "train --keywords, repeated": (["train", "--data=d", "--out=o", "--keywords=eight,eight"], "--keywords"),
+    "train --keywords, a path": (["train", "--data=d", "--out=o", "--keywords=../eight"], "--keywords"),
+    "train --keywords, NUL byte": (["train", "--data=d", "--out=o", "--keywords=ei\0ght"], "--keywords"),
+    "train --keywords, over 255 bytes": (["train", "--data=d", "--out=o", f"--keywords={'w' * 256}"], "--keywords"),
+}
+
+
+@pytest.mark.parametrize("case", list(WORD_FLAGS))
+def test_flags_that_take_words_refuse_bad_ones_in_one_line(case, capsys):
+    """Text flags added with the sinks and training (``--exec``, ``--keywords``): checked by argparse too."""
+    argv, flag = WORD_FLAGS[case]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kwspot: error: ") and flag in lines[0], err
+
+
+@pytest.mark.parametrize("uri,needle", [
+    ("unix:///tmp/kw\0.sock", "NUL byte"),
+    (f"unix:///tmp/{'s' * 300}.sock", "too long"),
+    ("tcp://127.0.0.1:99999", "port"),
+    ("udp://127.0.0.1:10400", "tcp://"),
+])
+def test_wyoming_refuses_bad_uris_in_one_line(uri, needle, capsys, monkeypatch):
+    monkeypatch.setenv("KWSPOT_CONFIG", "")
+    assert main(["wyoming", "--uri", uri]) == 2  # in-process: a NUL byte cannot be passed to a new process
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kwspot: error: ") and needle in lines[0], err
 
 
 NUMERIC_CASES = [
@@ -199,6 +239,8 @@ PATH_OPTIONS: dict[str, tuple[str, Callable[[Path, str], list[str]]]] = {
                                                  "--format", "jsonl", "--socket", p]),
     "events --socket": ("socket", lambda tmp, p: ["events", "--socket", p]),
     "predict FILE": ("audio", lambda tmp, p: ["predict", p]),
+    "wyoming --model": ("model", lambda tmp, p: ["wyoming", "--uri", "stdio://", "--model", p]),
+    "wyoming --config": ("config", lambda tmp, p: ["wyoming", "--uri", "stdio://", "--config", p]),
 }
 
 
@@ -253,7 +295,7 @@ def test_every_path_option_refuses_bad_paths(tmp_path, option, bad):
     path, needle = BAD_PATHS[bad](tmp_path, kind)
     args = command(tmp_path, path)
     before = sockets_in(tmp_path)
-    result = run(*args, prefix=UNPRIVILEGED if bad.startswith("unreadable") else None)
+    result = run(*args, prefix=UNPRIVILEGED if bad.startswith("unreadable") else None, stdin=subprocess.DEVNULL)
     if (bad, option) in WORKS:
         assert result.returncode == 0, text(result.stderr)
         assert "Traceback" not in text(result.stderr)
@@ -393,6 +435,29 @@ def test_exits_when_its_only_sink_is_gone_even_without_events():
         proc.kill()
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert "stdout closed by its reader" in err and "every sink is gone" in err
+
+
+@pytest.mark.parametrize("other", ["--socket", "--exec"])
+def test_a_sink_still_there_keeps_it_running_when_stdout_goes(tmp_path, other):
+    """jsonl's reader goes away, but a socket (no client needed) or an action still takes events."""
+    extra = ["--socket", str(tmp_path / "kw.sock")] if other == "--socket" else ["--exec", "true"]
+    proc = subprocess.Popen(kwspot_cmd("listen", "--input", "-", "--format", "jsonl", *extra), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "KWSPOT_CONFIG": ""})
+    try:
+        proc.stdin.write(b"\0\0" * 16000)
+        proc.stdin.flush()
+        proc.stdout.close()
+        seen = []
+        while not any("JSON lines stopped" in line for line in seen):  # the sink check that saw it has decided
+            line = proc.stderr.readline().decode()
+            assert line, "".join(seen)
+            seen.append(line)
+        proc.send_signal(signal.SIGTERM)
+        err = "".join(seen) + proc.communicate(timeout=60)[1].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "every sink is gone" not in err and "stopped after" in err, err
 
 
 def test_head_one_reads_an_event_and_kwspot_exits(speech_commands):

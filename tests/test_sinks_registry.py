@@ -76,3 +76,16 @@ def test_reload_rebuilds_a_sink_whose_keys_changed_unless_it_is_not_reloadable(m
         assert changed["probe"].tag == "True" and running["probe"].closed
     else:
         assert changed["probe"] is running["probe"] and not running["probe"].closed
+
+
+def test_a_reload_that_would_leave_no_sink_is_refused_and_the_running_one_kept(monkeypatch):
+    from kwspot.errors import KwspotError
+
+    monkeypatch.setattr(registry, "sink_specs", lambda: (
+        SinkSpec("probe", {"jsonl": (False, None)}, lambda cfg, ctx: Probe() if cfg["jsonl"] else None),))
+    ctx = SinkContext("test", tty=False)
+    running = build_sinks({"jsonl": True}, ctx)
+    with pytest.raises(KwspotError, match="no sink"):
+        reconcile(running, {"jsonl": True}, {"jsonl": False}, ctx, refuse_none="no sink left")
+    assert not running["probe"].closed
+    assert reconcile(running, {"jsonl": True}, {"jsonl": False}, ctx) == {} and running["probe"].closed

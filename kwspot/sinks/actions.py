@@ -45,6 +45,8 @@ class Action:
     def __post_init__(self) -> None:
         if not self.command or not all(isinstance(a, str) and a for a in self.command):
             raise KwspotError(f"action for {self.keyword!r}: the command must be a non-empty list of strings")
+        if any("\0" in a for a in self.command):
+            raise KwspotError(f"action for {self.keyword!r}: the command contains a NUL byte")
         if self.shell and len(self.command) != 1:
             raise KwspotError(f"action for {self.keyword!r}: with shell, give the command as one string")
         if not self.shell and shutil.which(self.command[0]) is None:

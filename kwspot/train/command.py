@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.console import Console
 from kwspot import KEYWORDS, modelfile
 from kwspot.argtypes import Number
 from kwspot.errors import KwspotError
+from kwspot.paths import NAME_MAX
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
 from kwspot.train.data import Dataset, clip_windows, load_long, scan, speech_files
 from kwspot.train.loop import LoopSettings
@@ -53,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def keyword_list(text: str) -> tuple[str, ...]:
     """``--keywords eight,stop`` -> ("eight", "stop"): distinct folder names, none starting with ``_``."""
     words = tuple(w.strip() for w in text.split(","))
-    bad = [w for w in words if not w or w.startswith(("_", ".")) or "/" in w]
+    bad = [w for w in words if not w or w.startswith(("_", ".")) or "/" in w or "\0" in w
+           or len(os.fsencode(w)) > NAME_MAX]
     if bad or len(set(words)) != len(words):
         raise argparse.ArgumentTypeError(f"expected distinct word folder names such as eight,stop, not {text[:60]!r}")
     return words

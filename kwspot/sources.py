@@ -8,6 +8,7 @@ streaming soxr resampler that matches training's front end.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -127,7 +128,11 @@ class MicSource:
     CALL_TIMEOUT_S = 5.0
     hung = False  # set once a PortAudio call never returned; PortAudio is not touched again
 
-    def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 50) -> None:
+    def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
+        # Through ALSA's PulseAudio (or PipeWire) plugin, the sound server otherwise wakes the process every
+        # ~15 ms; fragments of one block wake it once per block (an explicit setting of the user wins).
+        os.environ.setdefault("PULSE_LATENCY_MSEC", str(block_ms))
+        os.environ.setdefault("PIPEWIRE_LATENCY", f"{block_ms * 48}/48000")
         self._sd = import_sounddevice()
         self._wanted_device = device
         self._wanted_rate = rate

@@ -123,7 +123,8 @@ def run_mode(mode: str, args: argparse.Namespace, model: Path, tmp: Path, env: d
     source, play = (wav, None) if mode == "file" else (None, ["paplay", "-d", "kwsink", str(wav)])
     variants = [("", env)]
     if args.baseline:  # the same measurement of another kwspot source tree, in the same run
-        variants.insert(0, (" (baseline)", {**env, "PYTHONPATH": str(args.baseline.resolve())}))
+        # PYTHONSAFEPATH: the working directory (this checkout) must not come before the baseline on sys.path
+        variants.insert(0, (" (baseline)", {**env, "PYTHONPATH": str(args.baseline.resolve()), "PYTHONSAFEPATH": "1"}))
     rows = []
     for label, variant_env in variants:
         starts = startup(args, model, source, variant_env, tmp)

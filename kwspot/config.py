@@ -26,7 +26,7 @@ SYSTEM_CONFIG = Path("/etc/kwspot/config.yaml")
 MAX_CONFIG_BYTES = 256 * 1024
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "audio": {"device": None, "rate": None, "block_ms": 50, "max_lag_ms": 500},
+    "audio": {"device": None, "rate": None, "block_ms": 100, "max_lag_ms": 500},
     "model": {"path": None, "threads": 1},
     "detector": {
         "hop_ms": 100,

@@ -8,10 +8,12 @@ streaming soxr resampler that matches training's front end.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -125,6 +127,23 @@ class FileSource(Source):
         self._file.close()
 
 
+@contextmanager
+def sound_server_fragments(block_ms: int) -> Iterator[None]:
+    """While a stream opens: ask PulseAudio/PipeWire (through their ALSA plugins) for fragments of one block.
+
+    Left to itself the plugin wakes the process every ~15 ms; one block per wake-up halves kwspot's CPU
+    there. Set only while opening (the plugin reads it then), and never over the user's own setting.
+    """
+    wanted = {"PULSE_LATENCY_MSEC": str(block_ms), "PIPEWIRE_LATENCY": f"{block_ms * 48}/48000"}
+    added = [key for key in wanted if key not in os.environ]
+    os.environ.update({key: wanted[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 class AudioSystemHung(KwspotError):
     """A PortAudio call never returned (e.g. a frozen sound server): only a restart helps."""
 
@@ -146,7 +165,7 @@ class MicSource(Source):
     CALL_TIMEOUT_S = 5.0
     hung = False  # set once a PortAudio call never returned; PortAudio is not touched again
 
-    def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 50) -> None:
+    def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
         self._sd = import_sounddevice()
         self._wanted_device = device
         self._wanted_rate = rate
@@ -194,15 +213,16 @@ class MicSource(Source):
         last_error: Exception | None = None
         for channels in sorted({1, min(2, int(info["max_input_channels"]))}):
             try:
-                self._stream = self._sd.InputStream(
-                    device=info["index"],
-                    samplerate=self.rate,
-                    channels=channels,
-                    dtype="float32",
-                    blocksize=max(1, self.rate * self._block_ms // 1000),
-                    callback=self._callback,
-                )
-                self._stream.start()
+                with sound_server_fragments(self._block_ms):
+                    self._stream = self._sd.InputStream(
+                        device=info["index"],
+                        samplerate=self.rate,
+                        channels=channels,
+                        dtype="float32",
+                        blocksize=max(1, self.rate * self._block_ms // 1000),
+                        callback=self._callback,
+                    )
+                    self._stream.start()
                 break
             except self._sd.PortAudioError as exc:
                 last_error, self._stream = exc, None

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,9 +125,37 @@ def start_daemon(pulse: PulseServer, sock: Path) -> subprocess.Popen:
     )
 
 
-def stop_daemon(daemon: subprocess.Popen) -> str:
+class LogTail:
+    """Collects a daemon's stderr lines as they come, so a test can wait for one."""
+
+    def __init__(self, daemon: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(daemon.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {text!r} from kwspot within {timeout:g} s: {''.join(self.lines)}")
+            time.sleep(0.1)
+
+    def text(self) -> str:
+        self._thread.join(timeout=20)
+        return "".join(self.lines)
+
+
+def stop_daemon(daemon: subprocess.Popen, log: LogTail | None = None) -> str:
     daemon.send_signal(signal.SIGTERM)
-    _, err = daemon.communicate(timeout=20)
+    if log is None:
+        _, err = daemon.communicate(timeout=20)
+    else:
+        daemon.wait(timeout=20)
+        err = log.text()
     assert daemon.returncode == 0, err
     return err
 
@@ -169,19 +198,25 @@ def test_capture_survives_a_sound_server_restart(pulse, tmp_path, speech_command
     stream = word_stream(speech_commands, list(KEYWORDS), tmp_path / "after.wav", skip=1)
     sock = tmp_path / "kw.sock"
     daemon = start_daemon(pulse, sock)
+    log = LogTail(daemon)
     try:
         client = connect(sock, daemon)
         time.sleep(1.5)
         pulse.stop()  # the sound server goes away under kwspot
-        time.sleep(3.0)
+        log.wait_for("audio input lost", timeout=15)
+        time.sleep(1.0)
         assert daemon.poll() is None, "kwspot exited when the device went away"
         pulse.start()
-        time.sleep(8.0)  # kwspot retries with backoff (1, 2, 4 s)
+        # kwspot retries with backoff (1, 2, 4, 8 s): wait for its reconnection rather than guess when it
+        # happens (a fixed 8 s lost the race when a retry fell just before the server was up), then give a
+        # fresh server's first audio its delay (measured ~1.6 s, bench/listen.py) before speaking.
+        log.wait_for("audio input back", timeout=40)
+        time.sleep(3.0)
         pulse.play(stream)
         events = read_events(client, seconds=2.5)
         client.close()
     finally:
-        err = stop_daemon(daemon)
+        err = stop_daemon(daemon, log)
     assert "audio input lost" in err and "audio input back" in err, err
     # Capture resumed: most of the words are heard again (fidelity itself is the test above).
     reference, heard = file_keywords(stream), [e["keyword"] for e in events]

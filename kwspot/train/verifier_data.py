@@ -43,7 +43,7 @@ from kwspot.train.data import (
 
 WINDOW_S = 1.5
 WINDOW = int(WINDOW_S * SAMPLE_RATE)
-LATENCY_S = (0.1, 0.9)  # word end to event, as the stream's detector fires
+LATENCY_S = (-0.3, 0.6)  # word end (word_bounds) to event: 1st-99th percentile on validation streams -0.34..0.46 s
 SNR_DB = (0.0, 20.0)
 NOISE_PROB = 0.8
 GAIN_DB = (-15.0, 5.0)
@@ -82,7 +82,7 @@ class Maker:
 
     def place(self, audio: np.ndarray, word_end: int) -> np.ndarray:
         """A window whose end lies a drawn latency after ``word_end`` (a sample of ``audio``)."""
-        end = word_end + int(self.rng.uniform(*LATENCY_S) * SAMPLE_RATE)
+        end = max(1, word_end + int(self.rng.uniform(*LATENCY_S) * SAMPLE_RATE))
         x = np.zeros(WINDOW, np.float32)
         piece = audio[max(0, end - WINDOW) : min(end, len(audio))]
         x[WINDOW - (end - max(0, end - WINDOW)) :][: len(piece)] = piece
@@ -146,9 +146,10 @@ def group_makers(data: Dataset, split: str, speech: Path | None, wake: Path | No
             return out
         return make
 
+    placed = f"{LATENCY_S}"  # the identity of every group placed by Maker.place
     groups = {
-        "keywords": (_paths_key(kw_paths) + f"x{copies}", from_clips(keywords, copies)),
-        "other_words": (_paths_key([c.path for c in others]) + "x3", from_clips(others, 3)),
+        "keywords": (_paths_key(kw_paths) + f"x{copies}" + placed, from_clips(keywords, copies)),
+        "other_words": (_paths_key([c.path for c in others]) + "x3" + placed, from_clips(others, 3)),
         "fragments": (_paths_key(kw_paths) + "f", from_clips(fragment_clips, 1, frag=True)),
         "noise": ("400", lambda m: [(m.silence(), UNKNOWN) for _ in range(400)]),
     }
@@ -163,7 +164,7 @@ def group_makers(data: Dataset, split: str, speech: Path | None, wake: Path | No
     if wake_files:
         def wake_make(m: Maker) -> list[Example]:
             return [(m.word(load_audio(f)), UNKNOWN) for f in wake_files]
-        groups["wake_phrases"] = (_paths_key(wake_files), wake_make)
+        groups["wake_phrases"] = (_paths_key(wake_files) + placed, wake_make)
     if espeak and split == "train":
         from kwspot.train.espeak import VOICES, espeak_clips
 
@@ -176,8 +177,8 @@ def group_makers(data: Dataset, split: str, speech: Path | None, wake: Path | No
 
         def espeak_neg(m: Maker) -> list[Example]:
             return [(m.word(to_float(w)), UNKNOWN) for w in espeak_clips()]
-        groups["espeak_keywords"] = (",".join(words), espeak_pos)
-        groups["espeak_words"] = ("default", espeak_neg)
+        groups["espeak_keywords"] = (",".join(words) + placed, espeak_pos)
+        groups["espeak_words"] = ("default" + placed, espeak_neg)
     return groups
 
 

@@ -116,7 +116,7 @@ def main() -> None:
             def hits(th: float, kw: str = kw) -> int:
                 return sum(result(n, {**none, kw: th})["per_keyword"][kw]["hits"] for n in streams)
             floor = hits(0.0) * (1 - args.max_hit_loss)
-            chosen[kw] = max([th for th in GRID if hits(th) >= floor] or [0.0])
+            chosen[kw] = float(max([th for th in GRID if hits(th) >= floor] or [0.0]))
         save_verifier(model.path, spec.head.name, spec.threshold, chosen)
         verifier.thresholds = chosen
         print(f"saved verifier thresholds in {model.file.path}: {chosen}")

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         print(report(name, probs(params, (gx - mean) / std), gy, labels))
     head = args.out.with_name(args.out.name + ".verifier.npz")
     arrays = {"labels": np.array(labels), "window_s": np.float32(WINDOW_S), "mean": mean, "std": std}
-    arrays.update({f"{kind}{i // 2}": p for i, (kind, p) in enumerate(zip("wb" * len(params), params, strict=True))})
+    arrays.update({f"{'wb'[i % 2]}{i // 2}": p for i, p in enumerate(params)})
     np.savez(head, **arrays)
     save_verifier(model_path, head.name, 0.5, {})
     print(f"wrote {head} ({head.stat().st_size // 1024} KiB) and named it in {model_path.with_suffix('.json')}")

@@ -30,8 +30,8 @@ from kwspot.model import Model, bundled_model_path
 from kwspot.modelfile import save_verifier
 from kwspot.pipeline import stream_probabilities
 from kwspot.train.data import cache_dir, load_long, scan, speech_files
-from kwspot.train.scoring import replay, score
-from kwspot.train.streams import Stream, StreamSpec, build_stream, split_streams
+from kwspot.train.scoring import pick_thresholds, replay, score, sweep
+from kwspot.train.streams import Stream, StreamSpec, Word, build_stream, split_streams
 from kwspot.train.verifier_data import wake_phrase_files
 from kwspot.verifier import SignalVerifier, Verifier
 
@@ -93,9 +93,11 @@ def main() -> None:
     cands: dict[str, list[tuple[str, float, float]]] = {}  # material -> (keyword, t, verifier score)
     streams = materials(args.split, args.data, kws)
     check_ms: list[float] = []
+    probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    signals: dict[str, SignalVerifier] = {}
     for name, stream in streams.items():
-        t, p = first_stage(model, name, stream)
-        sv = SignalVerifier(verifier, stream.audio)
+        t, p = probs[name] = first_stage(model, name, stream)
+        sv = signals[name] = SignalVerifier(verifier, stream.audio)
         rows = []
         for kw, te in replay(model.labels, t, p, base):
             t0 = time.perf_counter()
@@ -141,13 +143,45 @@ def main() -> None:
                  f"checks: {n_checks} in {seconds / 3600:.2f} h = {n_checks / (seconds / 3600):.0f} an hour; "
                  f"{np.median(check_ms):.1f} ms a check (median, 1 thread) -> "
                  f"{n_checks / (seconds / 3600) * np.median(check_ms) / 36000:.3f} ms per 100 ms hop on average"])
-    sweep = []
+    sweep_rows = []
     for th in GRID[::2]:
         r = [result(n, dict.fromkeys(kws, th)) for n in streams]
-        sweep.append([f"{th:.1f}", str(sum(x["hits"] for x in r)), str(sum(x["false_accepts"] for x in r))]
+        sweep_rows.append([f"{th:.1f}", str(sum(x["hits"] for x in r)), str(sum(x["false_accepts"] for x in r))]
                      + [f"{x['hits']}/{x['false_accepts']}" for x in r])
     print_table("one verifier threshold for all keywords: hits / false accepts", ["threshold", "hits", "FA",
-                *streams], sweep)
+                *streams], sweep_rows)
+    print_table("the same false-accept budget spent by first-stage thresholds alone or with the verifier "
+                "(first-stage thresholds picked on this material)", ["first stage", "verifier", "FA budget",
+                "hits", "false accepts"], budget_rows(model, streams, probs, signals, base, totals))
+
+
+def budget_rows(model: Model, streams: dict[str, Stream], probs: dict, signals: dict[str, SignalVerifier],
+                base: DetectorSettings, totals: np.ndarray) -> list[list[str]]:
+    """All materials end to end (10 s apart): first-stage thresholds picked for the false accepts of the first
+    stage alone and of the first stage with the verifier, each without and with the verifier."""
+    times, rows, words, spans, off = [], [], [], [], 0.0
+    for name, stream in streams.items():
+        t, p = probs[name]
+        times.append(t + off)
+        rows.append(p)
+        words += [Word(w.label, w.start + off, w.end + off, w.snr_db) for w in stream.words]
+        spans.append((off, off + stream.seconds, signals[name]))
+        off += stream.seconds + 10.0
+    t_all, p_all = np.concatenate(times), np.concatenate(rows)
+    seconds = sum(s.seconds for s in streams.values())
+
+    def verdict(kw: str, t: float) -> bool:
+        start, _, sv = next(s for s in spans if s[0] <= t <= s[1])
+        return sv.accepts(kw, t - start)
+
+    out = []
+    for budget, use in ((b, v) for b in sorted({int(totals[3]), int(totals[2])}) for v in (None, verdict)):
+        grid = sweep(model.labels, t_all, p_all, words, seconds, base, verdict=use)
+        chosen = pick_thresholds(grid, budget / (seconds / 3600))
+        settings = DetectorSettings(thresholds=chosen)
+        r = score(words, replay(model.labels, t_all, p_all, settings, use), seconds, model.keywords)
+        out.append(["re-picked", "on" if use else "off", str(budget), str(r["hits"]), str(r["false_accepts"])])
+    return out
 
 
 if __name__ == "__main__":

@@ -219,3 +219,21 @@ def test_real_embedding_models_give_96_dim_embeddings_and_the_bundled_verifier_s
     verifier = Verifier(spec.head, spec.thresholds, spec.threshold, embedder=embedder)
     ok, score = verifier.check(noise, "yes")
     assert 0.0 <= score <= 1.0 and ok == (score >= verifier.threshold_of("yes"))
+
+
+def test_evaluate_checks_events_with_the_models_verifier_unless_told_off():
+    pytest.importorskip("pyopen_wakeword", reason="pyopen-wakeword is not installed")
+    from kwspot.model import Model
+    from kwspot.train.evaluate import stream_verdict
+
+    model = Model(bundled_model_path())
+    if model.file.verifier is None:
+        pytest.skip("the bundled model names no verifier")
+    audio = (0.05 * np.random.default_rng(1).standard_normal(4 * SAMPLE_RATE)).astype(np.float32)
+    assert stream_verdict(model, audio, "off") is None
+    verdict = stream_verdict(model, audio, "auto")
+    spec = model.file.verifier
+    verifier = Verifier(spec.head, spec.thresholds, spec.threshold)
+    for keyword, t in (("yes", 2.0), ("right", 3.5), ("stop", 0.7)):
+        end = round(t * SAMPLE_RATE)
+        assert verdict(keyword, t) == verifier.check(audio[max(0, end - verifier.window_samples) : end], keyword)[0]

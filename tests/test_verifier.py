@@ -116,6 +116,7 @@ class FakeModel:
     labels = LABELS
     window_samples = SAMPLE_RATE
     keywords = ("yes", "no")
+    name = "fake"
 
     def predict(self, window: np.ndarray) -> np.ndarray:
         loud = float(np.sqrt(np.mean(np.asarray(window) ** 2))) > 0.05

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "smoothing_hops": 3,
         "min_consecutive": 2,
         "refractory_s": 1.0,
+        "verifier": "auto",
     },
     "sinks": {key: default for spec in sink_specs() for key, (default, _) in spec.keys.items()},
     "logging": {"level": "info", "format": "auto"},
@@ -45,6 +46,12 @@ def _device(key: str, value: Any) -> int | str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise KwspotError(f"config: {key} must be a device index or part of a device name, not {show(value)}")
     return value
+
+
+def _verifier(key: str, value: Any) -> str:
+    """auto or off; YAML reads a bare ``off`` as false."""
+    value = "off" if value is False else value
+    return choice("auto", "off")(key, value)
 
 
 def _thresholds(key: str, value: Any) -> dict[str, float]:
@@ -71,6 +78,7 @@ CHECKS: dict[str, Check] = {
     "detector.smoothing_hops": number(1, 50, integer=True),
     "detector.min_consecutive": number(1, 50, integer=True),
     "detector.refractory_s": number(0.0, 60.0),
+    "detector.verifier": _verifier,
     **{f"sinks.{key}": check for spec in sink_specs() for key, (_, check) in spec.keys.items()},
     "logging.level": choice("debug", "info", "warning", "error"),
     "logging.format": choice("auto", "plain", "time"),

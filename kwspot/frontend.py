@@ -36,12 +36,12 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return audio.mean(axis=1, dtype=np.float32)
 
 
-def resample(audio: np.ndarray, rate: int) -> np.ndarray:
-    """Resample mono float32 audio from ``rate`` to 8 kHz in one go."""
+def resample(audio: np.ndarray, rate: int, to: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample mono float32 audio from ``rate`` to ``to`` (8 kHz unless told) in one go."""
     audio = np.asarray(audio, dtype=np.float32)
-    if rate == SAMPLE_RATE or audio.size == 0:
+    if rate == to or audio.size == 0:
         return audio
-    return soxr.resample(audio, rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY).astype(np.float32)
+    return soxr.resample(audio, rate, to, quality=RESAMPLE_QUALITY).astype(np.float32)
 
 
 def unreadable(path: str | Path, exc: Exception) -> KwspotError:

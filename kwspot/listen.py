@@ -33,6 +33,7 @@ from kwspot.pipeline import Pipeline
 from kwspot.settings import Settings, resolve
 from kwspot.sinks import SinkContext, Status, build_sinks, close_sinks, reconcile, sink_alive, spec_of
 from kwspot.sources import FileSource, MicSource, Source, StdinSource, is_pipe_like
+from kwspot.verifier import Verifier
 
 log = logging.getLogger("kwspot")
 READ_TIMEOUT_S = 0.25
@@ -63,6 +64,17 @@ def level_db(samples: np.ndarray) -> float:
 def load_model(settings: Settings) -> Model:
     path = settings["model"]["path"] or bundled_model_path()
     return Model(path, threads=settings["model"]["threads"])
+
+
+def load_verifier(settings: Settings, model: Model) -> Verifier | None:
+    """The model's second stage, unless ``detector.verifier`` is off or the model names none."""
+    spec = model.file.verifier
+    if spec is None or settings["detector"]["verifier"] == "off":
+        return None
+    verifier = Verifier(spec.head, spec.thresholds, spec.threshold, threads=settings["model"]["threads"])
+    log.info("verifier %s checks every event (thresholds %s)", spec.head.name,
+             ", ".join(f"{k} {verifier.threshold_of(k):g}" for k in model.keywords))
+    return verifier
 
 
 def detector_settings(settings: Settings, model: Model, cli_threshold: bool = False,
@@ -122,7 +134,8 @@ class Listener:
         self.model = load_model(settings)
         detector = Detector(self.model.labels,
                             detector_settings(settings, self.model, request.cli_threshold, self._where))
-        self.pipeline = Pipeline(self.model, detector, hop_s=settings["detector"]["hop_ms"] / 1000)
+        self.pipeline = Pipeline(self.model, detector, hop_s=settings["detector"]["hop_ms"] / 1000,
+                                 verifier=load_verifier(settings, self.model))
         self.source = open_source(request, settings)
         self._sink_context = SinkContext(
             self.source.description, sys.stdout is not None and sys.stdout.isatty(), model=self.model.name,
@@ -192,6 +205,8 @@ class Listener:
         finally:
             self.close()
         log.info("stopped after %.1f s of audio, %d events", self.pipeline.t, self.events)
+        if self.pipeline.verifier is not None:
+            log.info("verifier rejected %d of %d events", self.pipeline.rejected, self.pipeline.checks)
         return 0
 
     def _dispatch(self, events: list, block: np.ndarray) -> None:
@@ -272,12 +287,16 @@ class Listener:
             settings, path = resolve(self.request.config_path, self.request.flags)
             new_detector = Detector(self.model.labels, detector_settings(
                 settings, self.model, self.request.cli_threshold, str(path or "config")))
+            verifier_changed = settings["detector"]["verifier"] != self.settings["detector"]["verifier"]
+            new_verifier = load_verifier(settings, self.model) if verifier_changed else self.pipeline.verifier
             self.sinks = reconcile(self.sinks, self.settings["sinks"], settings["sinks"], self._sink_context,
                                    refuse_none="the new configuration has no sink; events would go nowhere")
         except KwspotError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
         else:
             self.pipeline.detector = new_detector
+            if new_verifier is not self.pipeline.verifier:
+                self.pipeline.set_verifier(new_verifier)
             self.settings["detector"], self.settings["sinks"] = settings["detector"], settings["sinks"]
             log.info("configuration reloaded from %s: threshold %g, sinks: %s", path or "built-in defaults",
                      settings["detector"]["threshold"], ", ".join(self.sinks) or "none")

@@ -5,6 +5,8 @@ The sidecar is the contract between training and the daemon::
     {"labels": ["_silence_", "_unknown_", "yes", ...],   # one per model output
      "sample_rate": 8000, "window_samples": 8000,       # what the model is fed
      "thresholds": {"yes": 0.8, ...},                   # optional, per keyword
+     "verifier": {"head": "NAME.verifier.npz",          # optional second stage (kwspot.verifier)
+                  "threshold": 0.5, "thresholds": {"yes": 0.4, ...}},
      ...}                                               # training facts, free form
 
 Every label that does not start with ``_`` is a keyword: it can fire. Nothing
@@ -35,6 +37,15 @@ def sidecar_path(model_path: str | Path) -> Path:
 
 
 @dataclass(frozen=True)
+class VerifierFile:
+    """The second stage a model asks for: its head file and per-keyword verifier thresholds."""
+
+    head: Path  # beside the sidecar
+    threshold: float = 0.5
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ModelFile:
     """A checked sidecar: what the model hears and how it is fed."""
 
@@ -44,6 +55,7 @@ class ModelFile:
     window_samples: int
     thresholds: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # the whole JSON object, training facts included
+    verifier: VerifierFile | None = None
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -72,6 +84,19 @@ def check_thresholds(thresholds: Any, keywords: Iterable[str], where: str) -> di
     return out
 
 
+def _verifier(value: Any, keywords: tuple[str, ...], path: Path) -> VerifierFile | None:
+    if value is None:
+        return None
+    head = value.get("head") if isinstance(value, dict) else None
+    if not isinstance(head, str) or not head or Path(head).name != head:
+        raise KwspotError(f"{path}: sidecar 'verifier' needs a 'head' file name beside it")
+    threshold = value.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise KwspotError(f"{path}: verifier.threshold must be a number from 0 to 1, not {threshold!r:.40}")
+    thresholds = check_thresholds(value.get("thresholds") or {}, keywords, f"{path}: verifier.thresholds")
+    return VerifierFile(path.parent / head, float(threshold), thresholds)
+
+
 def check(meta: Any, path: Path) -> ModelFile:
     """Check a parsed sidecar; every problem is one line naming the file."""
     labels = meta.get("labels") if isinstance(meta, dict) else None
@@ -89,6 +114,7 @@ def check(meta: Any, path: Path) -> ModelFile:
         window_samples=_whole(meta, "window_samples", 8000, path),
         thresholds=thresholds,
         meta=meta,
+        verifier=_verifier(meta.get("verifier"), keywords_of(labels), path),
     )
 
 
@@ -117,6 +143,14 @@ def write(model_path: str | Path, meta: dict[str, Any]) -> ModelFile:
     os.chmod(fh.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; the daemon may run as another user
     os.replace(fh.name, path)
     return checked
+
+
+def save_verifier(model_path: str | Path, head: str, threshold: float,
+                  thresholds: Mapping[str, float]) -> ModelFile:
+    """Name a verifier head (a file beside the model) and its thresholds in a model's sidecar."""
+    meta = dict(read(model_path).meta)
+    meta["verifier"] = {"head": head, "threshold": float(threshold), "thresholds": dict(thresholds)}
+    return write(model_path, meta)
 
 
 def save_thresholds(model_path: str | Path, thresholds: Mapping[str, float]) -> ModelFile:

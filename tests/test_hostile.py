@@ -522,8 +522,8 @@ def test_ctrl_c_during_start_up_is_quiet(tmp_path, delay):
     assert "Traceback" not in err and "Error" not in err, err
     if "listening on" in err:
         assert proc.returncode == 0, err  # it had started: an ordinary clean stop
-    else:
-        assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+    else:  # 130 before its sinks came up (or killed by SIGINT before Python's handler), 0 once they had
+        assert proc.returncode in (130, -signal.SIGINT, 0), (proc.returncode, err)
     assert not sock.exists()
 
 

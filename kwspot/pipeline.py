@@ -58,13 +58,12 @@ class Pipeline:
         """Take one hop of audio and return the model's probabilities for the last second."""
         self.ring.write(hop)
         self.hops += 1
-        rms = float(np.sqrt(np.mean(hop.astype(np.float64) ** 2)))
-        self.level_db = 20.0 * np.log10(max(rms, 1e-6))
+        self.level_db = level_db(hop)
         self.last_probs = self.model.predict(self.ring.window())
         return self.last_probs
 
     def _step(self, hop: np.ndarray) -> Event | None:
-        detection = self.detector.update(self.score(hop), self.t)
+        detection = self.detector.update(self.score(hop), self.t, self.level_db)
         if detection is None:
             return None
         return Event(detection.keyword, detection.score, detection.t)
@@ -86,3 +85,15 @@ def stream_probabilities(
         rows.append(pipeline.score(audio[start : start + hop]))
         times.append(pipeline.t)
     return np.array(times), np.array(rows, dtype=np.float32).reshape(len(rows), len(model.labels))
+
+
+def level_db(hop: np.ndarray) -> float:
+    """RMS level of one hop of audio, dBFS (floored at -120)."""
+    rms = float(np.sqrt(np.mean(np.asarray(hop, dtype=np.float64) ** 2))) if len(hop) else 0.0
+    return 20.0 * float(np.log10(max(rms, 1e-6)))
+
+
+def hop_levels(audio: np.ndarray, hop_s: float = DEFAULT_HOP_S) -> np.ndarray:
+    """The level of each hop, aligned with :func:`stream_probabilities` (the detector's gate input)."""
+    hop = max(1, round(hop_s * SAMPLE_RATE))
+    return np.array([level_db(audio[s : s + hop]) for s in range(0, len(audio) - hop + 1, hop)])

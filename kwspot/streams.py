@@ -126,13 +126,14 @@ def _db(db: float) -> float:
 
 
 def replay(
-    labels: list[str], times: np.ndarray, probs: np.ndarray, settings: DetectorSettings
+    labels: list[str], times: np.ndarray, probs: np.ndarray, settings: DetectorSettings,
+    levels: np.ndarray | None = None,
 ) -> list[tuple[str, float]]:
-    """Events (keyword, t) that ``listen``'s detector gives for these probabilities."""
+    """Events (keyword, t) that ``listen``'s detector gives for these probabilities (and hop levels, for the gate)."""
     det = Detector(labels, settings)
     out = []
-    for t, p in zip(times, probs, strict=True):
-        d = det.update(p, float(t))
+    for i, (t, p) in enumerate(zip(times, probs, strict=True)):
+        d = det.update(p, float(t), None if levels is None else float(levels[i]))
         if d is not None:
             out.append((d.keyword, d.t))
     return out

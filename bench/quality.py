@@ -162,8 +162,9 @@ class Material:
     tts_commands: Stream | None
 
 
-def material(data: Dataset, speech_dir: Path | None, phrases_dir: Path | None, seed: int) -> Material:
-    clips = data.clips["testing"]
+def material(data: Dataset, speech_dir: Path | None, phrases_dir: Path | None, seed: int,
+             split: str = "testing") -> Material:
+    clips = data.clips[split]
     windows = clip_windows([c.path for c in clips])
     noise = load_long(data.noise_files, "eval")
     kw = [i for i, c in enumerate(clips) if c.label in KEYWORDS]
@@ -176,8 +177,8 @@ def material(data: Dataset, speech_dir: Path | None, phrases_dir: Path | None, s
         commands[snr] = build_stream(items, noise, rng, None if snr == "clean" else (float(snr),))
     rng = np.random.default_rng(seed + 10)
     other_words = build_stream([(to_float(windows[i]), UNKNOWN) for i in rng.permutation(other)], noise, rng)
-    phrases = Stream(concatenate(load_long(phrase_files(phrases_dir, "testing")))) if phrases_dir else None
-    speech = Stream(concatenate(load_long(speech_files(speech_dir, "testing")), 0.5)) if speech_dir else None
+    phrases = Stream(concatenate(load_long(phrase_files(phrases_dir, split)))) if phrases_dir else None
+    speech = Stream(concatenate(load_long(speech_files(speech_dir, split)), 0.5)) if speech_dir else None
     sentences = espeak_windows(list(SENTENCES), BENCH_VOICES, seed, fit=False)
     tts_sentences = Stream(concatenate([to_float(s) for s in sentences], 0.7)) if sentences else None
     spoken = espeak_windows(list(KEYWORDS), BENCH_VOICES, seed, per_voice=3)
@@ -190,11 +191,21 @@ def material(data: Dataset, speech_dir: Path | None, phrases_dir: Path | None, s
     return Material(commands, other_words, phrases, speech, tts_sentences, tts_commands)
 
 
-def run_stream(model: Model, stream: Stream, settings: DetectorSettings) -> dict[str, Any]:
-    """Score ``stream`` through the daemon's pipeline and detector."""
-    t, p = stream_probabilities(model, stream.audio)
-    levels = hop_levels(stream.audio) if settings.min_pause_ms > 0 else None
-    events = replay(model.labels, t, p, settings, levels)
+STREAMS = ("other_words", "phrases", "speech", "tts_sentences", "tts_commands")
+
+
+def model_outputs(model: Model, mat: Material) -> dict[str, tuple[Stream, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each stream with the model's probabilities and the hop levels (run once, replayed per setting)."""
+    streams = {f"cmd_{snr}": s for snr, s in mat.commands.items()}
+    streams.update({k: getattr(mat, k) for k in STREAMS if getattr(mat, k) is not None})
+    return {k: (s, *stream_probabilities(model, s.audio), hop_levels(s.audio)) for k, s in streams.items()}
+
+
+def replay_scored(labels: list[str], out: tuple[Stream, np.ndarray, np.ndarray, np.ndarray],
+                  settings: DetectorSettings) -> dict[str, Any]:
+    """Score one stream through the daemon's detector."""
+    stream, t, p, levels = out
+    events = replay(labels, t, p, settings, levels if settings.min_pause_ms > 0 else None)
     r = score(stream.words, events, stream.seconds)
     r["events"] = events
     return r
@@ -213,20 +224,28 @@ def ms_per_window(model: Model, n: int = 300) -> float:
     return 1000.0 * float(np.median(times))
 
 
-def measure(model_path: Path, data: Dataset, mat: Material, min_pause_ms: float | None = None) -> dict[str, Any]:
+def measure(model_path: Path, data: Dataset, mat: Material, pauses: list[float] | None = None,
+            split: str = "testing") -> list[dict[str, Any]]:
+    """One result per gate setting (default: the sidecar's ``detector.min_pause_ms``, else off)."""
     model = Model(model_path, threads=1)
     det = dict(model.meta.get("detector") or {})
-    pause = float(det.get("min_pause_ms", 0.0)) if min_pause_ms is None else min_pause_ms
+    pauses = pauses or [float(det.get("min_pause_ms", 0.0))]
+    clips = clip_report(model, data, split)
+    outputs = model_outputs(model, mat)
+    ms, macs = ms_per_window(model), (model.meta.get("macs") or {}).get("total")
+    return [evaluate(model, model_path, outputs, clips, pause, split) | {"ms_per_window": ms, "macs": macs}
+            for pause in pauses]
+
+
+def evaluate(model: Model, model_path: Path, outputs: dict[str, Any], clips: dict[str, Any], pause: float,
+             split: str) -> dict[str, Any]:
     settings = DetectorSettings(0.8, model.thresholds or None, min_pause_ms=pause)
-    out: dict[str, Any] = {"model": str(model_path), "thresholds": model.thresholds, "min_pause_ms": pause,
-                           "clips": clip_report(model, data, "testing")}
-    out["streams"] = {snr: run_stream(model, s, settings) for snr, s in mat.commands.items()}
-    for name in ("other_words", "phrases", "speech", "tts_sentences", "tts_commands"):
-        stream = getattr(mat, name)
-        if stream is not None:
-            out[name] = run_stream(model, stream, settings)
-    out["ms_per_window"] = ms_per_window(model)
-    out["macs"] = (model.meta.get("macs") or {}).get("total")
+    out: dict[str, Any] = {"model": str(model_path), "split": split, "thresholds": model.thresholds,
+                           "min_pause_ms": pause, "clips": clips}
+    out["streams"] = {snr: replay_scored(model.labels, outputs[f"cmd_{snr}"], settings) for snr in SNRS}
+    for name in STREAMS:
+        if name in outputs:
+            out[name] = replay_scored(model.labels, outputs[name], settings)
     out["bytes"] = model_path.stat().st_size
     return out
 
@@ -260,7 +279,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = [f"`{r['model']}` (testing material; sidecar thresholds; min_pause_ms {r['min_pause_ms']:g})", "",
+    lines = [f"`{r['model']}` ({r['split']} material; sidecar thresholds; min_pause_ms {r['min_pause_ms']:g})", "",
              "| figure | value | counts |", "|---|---|---|"]
     lines += [f"| {row.name} | {row.value} | {row.counts} |" for row in rows(r)]
     return "\n".join(lines)
@@ -282,8 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/speech_commands"))
     parser.add_argument("--speech", type=Path, default=Path("../shared/librispeech_negatives"))
     parser.add_argument("--phrases", type=Path, default=Path("../shared/wake_phrases"))
-    parser.add_argument("--min-pause-ms", type=float, default=None,
-                        help="isolated-command gate (default: the sidecar's detector setting, else off)")
+    parser.add_argument("--min-pause-ms", default=None,
+                        help="isolated-command gate, comma separated for several tables (default: the sidecar's "
+                             "detector setting, else off)")
+    parser.add_argument("--split", default="testing", choices=("testing", "validation"),
+                        help="validation: for choosing settings; the table of record is testing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
@@ -293,16 +315,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     data = scan(args.data)
     mat = material(data, args.speech if args.speech.is_dir() else None,
-                   args.phrases if args.phrases.is_dir() else None, args.seed)
+                   args.phrases if args.phrases.is_dir() else None, args.seed, args.split)
+    pauses = [float(x) for x in args.min_pause_ms.split(",")] if args.min_pause_ms else None
     results = []
     for path in args.model:
-        r = measure(path, data, mat, args.min_pause_ms)
-        results.append(r)
-        print(markdown(r))
-        for key in ("other_words", "phrases", "speech", "tts_sentences"):
-            if key in r:
-                print(f"  false accepts on {key}: {top_false_accepts(r, key) or 'none'}")
-        print()
+        for r in measure(path, data, mat, pauses, args.split):
+            results.append(r)
+            print(markdown(r))
+            for key in ("other_words", "phrases", "speech", "tts_sentences"):
+                if key in r:
+                    print(f"  false accepts on {key}: {top_false_accepts(r, key) or 'none'}")
+            print(flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         slim = [{k: ({kk: vv for kk, vv in v.items() if kk != "events"} if isinstance(v, dict) else v)

@@ -57,11 +57,12 @@ class Sources:
     they are kept apart so that ``clips`` can stay a memory map. ``words``: the
     word (folder) of each clip of ``clips``, for balancing other words per word.
     ``phrases``: short recordings of other speech, cut around their spoken part.
+    ``n_hard``: the last ``n_hard`` of ``extra`` are mined hard negatives, with their own share.
     """
 
     def __init__(self, clips: np.ndarray, labels: np.ndarray, noise: list[np.ndarray], speech: list[np.ndarray],
                  extra: np.ndarray | None = None, extra_labels: np.ndarray | None = None,
-                 words: list[str] | None = None, phrases: list[np.ndarray] | None = None) -> None:
+                 words: list[str] | None = None, phrases: list[np.ndarray] | None = None, n_hard: int = 0) -> None:
         self.clips = clips
         self.extra = np.zeros((0, WINDOW_SAMPLES), np.int16) if extra is None else extra
         self.n_main = len(clips)
@@ -72,6 +73,7 @@ class Sources:
         self.words = words
         self.phrases = phrases or []
         self.phrase_bounds = [word_bounds(p) for p in self.phrases]
+        self.n_hard = n_hard
         bounds = [word_bounds(to_float(c)) for c in clips] + [word_bounds(to_float(c)) for c in self.extra]
         self.bounds = np.array(bounds, dtype=np.int64).reshape(len(self.labels), 2)
 
@@ -91,17 +93,22 @@ def epoch_plan(src: Sources, settings: AugmentSettings, rng: np.random.Generator
     n_unknown = int(settings.unknown_ratio * target)
     unknown = np.flatnonzero(src.labels == UNKNOWN_INDEX)
     words, tts = unknown[unknown < src.n_main], unknown[unknown >= src.n_main]
+    first_hard = len(src.labels) - src.n_hard
+    tts, hard = tts[tts < first_hard], tts[tts >= first_hard]
     keywords = np.flatnonzero(np.isin(src.labels, keyword_ids))
     shares = {CLIP: 0.3 if len(words) else 0.0, FRAGMENT: 0.3 if settings.fragments else 0.0}
     shares[SPEECH] = 0.4 if src.speech else 0.0
     shares[-1] = 0.15 if len(tts) else 0.0
     shares[PHRASE] = 0.2 if src.phrases else 0.0
+    shares[-2] = 0.2 if len(hard) else 0.0
     total = sum(shares.values()) or 1.0
     if shares[CLIP] and settings.balance_words and src.words is not None:
         rows.append(_rows(CLIP, _per_word(words, src.words, int(n_unknown * shares[CLIP] / total), rng),
                           UNKNOWN_INDEX))
     elif shares[CLIP]:
         rows.append(_rows(CLIP, _fill(words, int(n_unknown * shares[CLIP] / total), rng), UNKNOWN_INDEX))
+    if shares[-2]:
+        rows.append(_rows(CLIP, _fill(hard, int(n_unknown * shares[-2] / total), rng), UNKNOWN_INDEX))
     if shares[PHRASE]:
         rows.append(_rows(PHRASE, rng.integers(0, 1 << 30, int(n_unknown * shares[PHRASE] / total)), UNKNOWN_INDEX))
     if shares[-1]:

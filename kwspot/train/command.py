@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draw other-word clips word by word, not clip by clip")
     parser.add_argument("--channel-aug", type=float, default=0.0, metavar="P",
                         help="share of examples sent through a random room/microphone (reverb, EQ, level)")
+    parser.add_argument("--hard-negatives", type=Path, action="append", default=[], metavar="NPY",
+                        help="mined windows (python -m kwspot.train.mine) to train on as _unknown_")
     parser.add_argument("--no-fragments", action="store_true", help="do not train on keyword halves as _unknown_")
     parser.add_argument("--specaugment", action="store_true", help="mask log-mel bands and frames while training")
     parser.add_argument("--noise-prob", type=float, default=0.8, help="share of examples mixed with background noise")
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         speech_files(folder)
     for folder in args.phrases:
         phrase_files(folder)
+    for path in args.hard_negatives:
+        _load_windows(path)
     require_tensorflow()
     from kwspot.train import export, loop, models
 
@@ -90,9 +94,16 @@ def run(args: argparse.Namespace) -> int:
         extra.append(windows)
         extra_labels.append(np.array([LABELS.index(w) for w in words]))
         console.print(f"espeak-ng positives: {len(windows)} clips")
+    n_hard = 0
+    for path in args.hard_negatives:
+        extra.append(_load_windows(path))
+        extra_labels.append(np.full(len(extra[-1]), LABELS.index("_unknown_")))
+        n_hard += len(extra[-1])
+        console.print(f"hard negatives: {len(extra[-1])} windows from {path}")
     if extra:
         train_src = Sources(train_src.clips, train_src.labels, train_src.noise, train_src.speech,
-                            np.concatenate(extra), np.concatenate(extra_labels), train_src.words, train_src.phrases)
+                            np.concatenate(extra), np.concatenate(extra_labels), train_src.words, train_src.phrases,
+                            n_hard)
     val_src = _sources(data, "validation", args, console)
     val = fixed_set(val_src, AugmentSettings(noise_prob=0.5, snr_db=(5.0, 20.0), gain_db=(-6.0, 6.0),
                                              fragments=aug.fragments), seed=1234)
@@ -138,6 +149,16 @@ def run(args: argparse.Namespace) -> int:
     write_card(out.with_suffix(".md"), sidecar, metrics, host=platform.processor() or platform.machine())
     console.print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.csv')}")
     return 0
+
+
+def _load_windows(path: Path) -> np.ndarray:
+    try:
+        windows = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise KwspotError(f"{path}: unreadable hard negatives ({exc})") from None
+    if windows.ndim != 2 or windows.shape[1] != 8000 or windows.dtype != np.int16:
+        raise KwspotError(f"{path}: hard negatives must be int16 windows of shape (n, 8000)")
+    return windows
 
 
 def _sources(data: Dataset, split: str, args: argparse.Namespace, console: Console) -> Sources:

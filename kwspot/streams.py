@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,12 +179,13 @@ def score(words: list[Word], events: list[tuple[str, float]], seconds: float) ->
 
 
 def sweep(labels: list[str], times: np.ndarray, probs: np.ndarray, words: list[Word], seconds: float,
-          base: DetectorSettings, grid: tuple[float, ...] = SWEEP) -> list[dict[str, Any]]:
+          base: DetectorSettings, grid: tuple[float, ...] = SWEEP,
+          levels: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Score one uniform threshold per grid point: the DET curve."""
     rows = []
     for th in grid:
-        settings = DetectorSettings(float(th), None, base.smoothing_hops, base.min_consecutive, base.refractory_s)
-        rows.append({"threshold": float(th), **score(words, replay(labels, times, probs, settings), seconds)})
+        settings = replace(base, threshold=float(th), thresholds=None)
+        rows.append({"threshold": float(th), **score(words, replay(labels, times, probs, settings, levels), seconds)})
     return rows
 
 
@@ -247,6 +248,11 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--smoothing-hops", type=int, default=DetectorSettings.smoothing_hops)
     g.add_argument("--min-consecutive", type=int, default=DetectorSettings.min_consecutive)
     g.add_argument("--refractory-s", type=float, default=DetectorSettings.refractory_s)
+    g.add_argument("--min-pause-ms", type=float, default=DetectorSettings.min_pause_ms,
+                   help="isolated-command gate: quiet this long before and after a command (0: off)")
+    g.add_argument("--phrases", action="append", type=Path, default=[], metavar="DIR",
+                   help="folder of folders of short recordings without keywords (the split's share, by file-name "
+                        "hash), appended to the continuous speech")
 
 
 def stream_for(data: Any, split: str, args: argparse.Namespace, rng: np.random.Generator) -> tuple[Stream, Stream]:
@@ -275,12 +281,17 @@ def stream_for(data: Any, split: str, args: argparse.Namespace, rng: np.random.G
     speech_parts: list[np.ndarray] = []
     for folder in args.speech:
         speech_parts += load_long(speech_files(folder, split), "all")
+    for folder in getattr(args, "phrases", []):
+        from kwspot.train.data import phrase_files
+
+        for part in load_long(phrase_files(folder, split), "all"):
+            speech_parts += [part, np.zeros(SAMPLE_RATE // 2, np.float32)]
     speech = Stream(np.concatenate(speech_parts) if speech_parts else np.zeros(0, np.float32))
     return words, speech
 
 
 def run_stream(model: Any, data: Any, split: str, args: argparse.Namespace) -> int:
-    from kwspot.pipeline import stream_probabilities
+    from kwspot.pipeline import hop_levels, stream_probabilities
 
     console = Console(stderr=args.json)
     rng = np.random.default_rng(args.seed)
@@ -292,23 +303,35 @@ def run_stream(model: Any, data: Any, split: str, args: argparse.Namespace) -> i
             np.zeros(0), np.zeros((0, len(model.labels)), np.float32))
     base = DetectorSettings(args.threshold if args.threshold is not None else 0.8,
                             None if args.threshold is not None else model.thresholds or None,
-                            args.smoothing_hops, args.min_consecutive, args.refractory_s)
+                            args.smoothing_hops, args.min_consecutive, args.refractory_s,
+                            getattr(args, "min_pause_ms", 0.0))
+    gated = base.min_pause_ms > 0
+    l_w = hop_levels(words.audio, hop) if gated else None
+    l_s = hop_levels(speech.audio, hop) if gated and len(t_s) else None
     result: dict[str, Any] = {"split": split, "settings": {"threshold": base.threshold,
                                                          "thresholds": dict(base.thresholds or {})}}
-    result["words"] = score(words.words, replay(model.labels, t_w, p_w, base), words.seconds)
+    result["words"] = score(words.words, replay(model.labels, t_w, p_w, base, l_w), words.seconds)
     if len(t_s):
-        result["speech"] = score([], replay(model.labels, t_s, p_s, base), speech.seconds)
+        result["speech"] = score([], replay(model.labels, t_s, p_s, base, l_s), speech.seconds)
     # the sweep treats the speech as more stream: one FA rate over all audio
     times = np.concatenate((t_w, t_s + words.seconds + 10.0)) if len(t_s) else t_w
     probs = np.concatenate((p_w, p_s)) if len(t_s) else p_w
+    levels = None
+    if gated:  # ten seconds of silence between the two streams, as the time gap says
+        gap = np.full(int(round(10.0 / hop)), -120.0)
+        levels = np.concatenate((l_w, gap, l_s)) if l_s is not None else l_w
+        if l_s is not None:
+            times = np.concatenate((t_w, t_w[-1] + hop * np.arange(1, len(gap) + 1), t_s + words.seconds + 10.0))
+            probs = np.concatenate((p_w, np.tile(_silence_row(model.labels), (len(gap), 1)), p_s))
     total_s = words.seconds + speech.seconds
-    rows = sweep(model.labels, times, probs, words.words, total_s, base)
+    rows = sweep(model.labels, times, probs, words.words, total_s, base, levels=levels)
     result["sweep"] = [{k: r[k] for k in ("threshold", "recall", "fa_per_hour", "false_accepts")} for r in rows]
     if args.target_fa_per_hour is not None:
         chosen = pick_thresholds(rows, args.target_fa_per_hour)
-        settings = DetectorSettings(0.8, chosen, base.smoothing_hops, base.min_consecutive, base.refractory_s)
+        settings = replace(base, threshold=0.8, thresholds=chosen)
+        events = replay(model.labels, times, probs, settings, levels)
         result["target"] = {"fa_per_hour": args.target_fa_per_hour, "thresholds": chosen,
-                            "result": _brief(score(words.words, replay(model.labels, times, probs, settings), total_s))}
+                            "result": _brief(score(words.words, events, total_s))}
         if args.save_thresholds:
             _save_thresholds(model.path, chosen)
     if args.json:
@@ -318,6 +341,12 @@ def run_stream(model: Any, data: Any, split: str, args: argparse.Namespace) -> i
     if args.plot is not None:
         plot_det(rows, args.plot)
     return 0
+
+
+def _silence_row(labels: list[str]) -> np.ndarray:
+    row = np.zeros(len(labels), np.float32)
+    row[labels.index("_silence_")] = 1.0
+    return row
 
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:

@@ -263,8 +263,9 @@ def rows(r: dict[str, Any]) -> list[Row]:
         out.append(Row(f"  recall {label}", f"{100 * pc['recall']:.1f}%", f"{hits}/{pc['support']}"))
     for snr, s in r["streams"].items():
         out.append(recall_row(f"commands {'clean' if snr == 'clean' else snr + ' dB SNR'}: recall / FA/h", s))
-    labels = {"other_words": "other words of the testing list, each once (20/10/5 dB)",
-              "phrases": "wake phrases, testing share", "speech": "continuous speech, testing speakers",
+    split = r.get("split", "testing")
+    labels = {"other_words": f"other words of the {split} list, each once (20/10/5 dB)",
+              "phrases": f"wake phrases, {split} share", "speech": f"continuous speech, {split} speakers",
               "tts_sentences": "espeak-ng sentences without commands"}
     for key, name in labels.items():
         if key in r:

@@ -61,6 +61,7 @@ def detector_settings(settings: Settings, model: Model, cli_threshold: bool = Fa
         smoothing_hops=det["smoothing_hops"],
         min_consecutive=det["min_consecutive"],
         refractory_s=det["refractory_s"],
+        min_pause_ms=det["min_pause_ms"],
     )
 
 

@@ -264,6 +264,11 @@ def rows(r: dict[str, Any]) -> list[Row]:
     for snr, s in r["streams"].items():
         out.append(recall_row(f"commands {'clean' if snr == 'clean' else snr + ' dB SNR'}: recall / FA/h", s))
     split = r.get("split", "testing")
+    lat = [s["latency_median_s"] for s in r["streams"].values() if s.get("latency_median_s") is not None]
+    if lat:
+        hits = sum(s["hits"] for s in r["streams"].values())
+        out.append(Row("median latency after the word (median of the four streams)", f"{np.median(lat):.2f} s",
+                       f"{hits} hits"))
     labels = {"other_words": f"other words of the {split} list, each once (20/10/5 dB)",
               "phrases": f"wake phrases, {split} share", "speech": f"continuous speech, {split} speakers",
               "tts_sentences": "espeak-ng sentences without commands"}

@@ -33,7 +33,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "smoothing_hops": 3,
         "min_consecutive": 2,
         "refractory_s": 1.0,
-        "min_pause_ms": 0,
+        "min_pause_ms": 200,
     },
     "sinks": {"console": "auto", "jsonl": False, "socket": None, "socket_mode": "0660", "client_buffer_kb": 64},
     "logging": {"level": "info", "format": "auto"},

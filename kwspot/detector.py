@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kwspot.gate import PauseGate
 from kwspot.modelfile import keywords_of
 
 
@@ -29,6 +30,7 @@ class DetectorSettings:
     smoothing_hops: int = 3
     min_consecutive: int = 2
     refractory_s: float = 1.0
+    min_pause_ms: float = 0.0  # isolated-command gate (kwspot.gate): quiet this long before and after; 0 = off
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Detector:
         self._last_fire_t = -np.inf
         self._latched = -1  # label index that fired and has not yet dropped below threshold
         self.smoothed = np.zeros(len(self.labels), dtype=np.float32)
+        self.gate = PauseGate(settings.min_pause_ms / 1000.0) if settings.min_pause_ms > 0 else None
 
     def reset(self) -> None:
         """Forget everything (e.g. after a gap in the audio)."""
@@ -64,12 +67,25 @@ class Detector:
         self._streak_label, self._streak, self._latched = -1, 0, -1
         self._last_fire_t = -np.inf
         self.smoothed = np.zeros(len(self.labels), dtype=np.float32)
+        if self.gate is not None:
+            self.gate.reset()
 
     def threshold(self, keyword: str) -> float:
         return float(self._thresholds[self.labels.index(keyword)])
 
-    def update(self, probs: np.ndarray, t: float) -> Detection | None:
-        """Take the probabilities of the window ending at ``t`` seconds."""
+    def update(self, probs: np.ndarray, t: float, level_db: float | None = None) -> Detection | None:
+        """Take the probabilities of the window ending at ``t`` seconds (and, for the gate, its newest hop's level)."""
+        if self.gate is None:
+            return self._update(probs, t)
+        if level_db is None:
+            raise ValueError("min_pause_ms needs the level of each hop (level_db)")
+        released = self.gate.hop(t, level_db)
+        proposed = self._update(probs, t)
+        if proposed is not None and released is None:
+            released = self.gate.propose(proposed.keyword, proposed.score, t)
+        return None if released is None else Detection(*released)
+
+    def _update(self, probs: np.ndarray, t: float) -> Detection | None:
         probs = np.asarray(probs, dtype=np.float32)
         if probs.shape != (len(self.labels),):
             raise ValueError(f"expected {len(self.labels)} probabilities, got shape {probs.shape}")

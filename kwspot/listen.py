@@ -30,7 +30,7 @@ from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import Model, bundled_model_path
 from kwspot.modelfile import check_thresholds
 from kwspot.notify import SystemdNotifier
-from kwspot.pipeline import Pipeline
+from kwspot.pipeline import Pipeline, level_db
 from kwspot.settings import Settings, resolve
 from kwspot.sinks import SinkContext, Status, build_sinks, close_sinks, reconcile, sink_alive, spec_of
 from kwspot.sources import FileSource, MicSource, Source, StdinSource, is_pipe_like
@@ -54,12 +54,6 @@ class ListenRequest:
     def cli_threshold(self) -> bool:
         """--threshold given: it overrides the model's own thresholds."""
         return "detector.threshold" in self.flags
-
-
-def level_db(samples: np.ndarray) -> float:
-    """RMS level of ``samples`` in dBFS (-120 for silence)."""
-    rms = float(np.sqrt(np.mean(np.asarray(samples, np.float64) ** 2))) if samples.size else 0.0
-    return 20.0 * float(np.log10(max(rms, 1e-6)))
 
 
 def load_model(settings: Settings) -> Model:
@@ -99,6 +93,7 @@ def detector_settings(settings: Settings, model: Model, cli_threshold: bool = Fa
         smoothing_hops=det["smoothing_hops"],
         min_consecutive=det["min_consecutive"],
         refractory_s=det["refractory_s"],
+        min_pause_ms=det["min_pause_ms"],
     )
 
 

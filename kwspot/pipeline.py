@@ -10,6 +10,10 @@ is checked once on it; an event the verifier rejects is dropped (logged at
 debug). The detector's state does not depend on the verdict, so replaying
 its candidates and checking each on the same audio
 (:class:`kwspot.verifier.SignalVerifier`) gives the same events.
+
+Each hop's RMS level (:func:`level_db`) goes to the detector with its
+probabilities, for the isolated-command gate (``min_pause_ms``);
+:func:`hop_levels` gives the same levels for a recorded stream.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Pipeline:
         self.rejected = 0
         self._pending = np.zeros(0, dtype=np.float32)
         self.hops = 0
+        self.level_db = -120.0  # RMS level of the latest hop, dBFS (the gate's input)
         self.last_probs = np.zeros(len(model.labels), dtype=np.float32)
 
     def set_verifier(self, verifier: Verifier | None) -> None:
@@ -87,11 +92,12 @@ class Pipeline:
         if self.recent is not None:
             self.recent.write(hop)
         self.hops += 1
+        self.level_db = level_db(hop)
         self.last_probs = self.model.predict(self.ring.window())
         return self.last_probs
 
     def _step(self, hop: np.ndarray) -> Event | None:
-        detection = self.detector.update(self.score(hop), self.t)
+        detection = self.detector.update(self.score(hop), self.t, self.level_db)
         if detection is None:
             return None
         if self.verifier is not None and self.recent is not None:
@@ -121,3 +127,15 @@ def stream_probabilities(
         rows.append(pipeline.score(audio[start : start + hop]))
         times.append(pipeline.t)
     return np.array(times), np.array(rows, dtype=np.float32).reshape(len(rows), len(model.labels))
+
+
+def level_db(hop: np.ndarray) -> float:
+    """RMS level of one hop of audio, dBFS (floored at -120)."""
+    rms = float(np.sqrt(np.mean(np.asarray(hop, dtype=np.float64) ** 2))) if len(hop) else 0.0
+    return 20.0 * float(np.log10(max(rms, 1e-6)))
+
+
+def hop_levels(audio: np.ndarray, hop_s: float = DEFAULT_HOP_S) -> np.ndarray:
+    """The level of each hop, aligned with :func:`stream_probabilities` (the detector's gate input)."""
+    hop = max(1, round(hop_s * SAMPLE_RATE))
+    return np.array([level_db(audio[s : s + hop]) for s in range(0, len(audio) - hop + 1, hop)])

@@ -38,7 +38,7 @@ def embedding_files() -> tuple[Path, Path]:
     try:
         folder = resources.files(PACKAGE) / "models"
     except ModuleNotFoundError:
-        raise KwspotError("the model's verifier needs pyopen-wakeword (pip install pyopen-wakeword), "
+        raise KwspotError("the model's verifier needs pyopen-wakeword (pip install 'kwspot[verifier]'), "
                           "or set detector.verifier: off") from None
     paths = (Path(str(folder / MEL_FILE)), Path(str(folder / EMBEDDING_FILE)))
     for path in paths:

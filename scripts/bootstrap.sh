@@ -41,7 +41,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$dev" = 1 ]; then
-  .venv/bin/python -m pip install -q -e '.[train,test,zeroconf]'
+  .venv/bin/python -m pip install -q -e '.[train,test,zeroconf,verifier]'
 else
   .venv/bin/python -m pip install -q .
 fi

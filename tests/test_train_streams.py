@@ -132,3 +132,36 @@ def test_scoring_knows_only_the_models_keywords():
     r = score(words, [("eight", 1.8), ("stop", 5.6)], seconds=60.0, keywords=("eight", "stop"))
     assert r["hits"] == 1 and r["keywords"] == 1 and r["other_words"] == 1
     assert r["fa_kinds"]["other_word"] == 1 and set(r["per_keyword"]) == {"eight", "stop"}
+
+
+class _LoudIsYes:
+    """A stand-in model: ``yes`` when the window holds sound, else ``_silence_``."""
+
+    name = "loud-is-yes"
+    labels = list(LABELS)
+    window_samples = SR
+
+    def predict(self, window: np.ndarray) -> np.ndarray:
+        p = np.zeros(len(LABELS), np.float32)
+        p[LABELS.index("yes" if np.abs(window).max() > 0.01 else "_silence_")] = 1.0
+        return p
+
+
+def test_gated_replay_with_hop_levels_equals_pipeline():
+    """With the isolated-command gate on, replaying probabilities and hop levels gives listen's events."""
+    from kwspot.detector import Detector
+    from kwspot.pipeline import Pipeline, hop_levels, stream_probabilities
+
+    model = _LoudIsYes()
+    rng = np.random.default_rng(4)
+    audio = np.zeros(SR * 12, np.float32)
+    for start, length in ((1.0, 0.5), (4.0, 0.6), (7.0, 3.0)):  # two words standing apart, then running speech
+        a = int(start * SR)
+        audio[a : a + int(length * SR)] = rng.normal(0, 0.1, int(length * SR))
+    settings = DetectorSettings(threshold=0.5, smoothing_hops=1, min_consecutive=1, refractory_s=0.5,
+                                min_pause_ms=200)
+    pipe = Pipeline(model, Detector(model.labels, settings))
+    live = [(e.keyword, round(e.t, 3)) for i in range(0, len(audio), 700) for e in pipe.feed(audio[i : i + 700])]
+    assert [k for k, _ in live] == ["yes", "yes"]  # the running speech does not pass
+    t, p = stream_probabilities(model, audio)
+    assert [(k, round(x, 3)) for k, x in replay(model.labels, t, p, settings, levels=hop_levels(audio))] == live

@@ -178,6 +178,43 @@ def test_replay_with_the_verifier_gives_the_pipeline_events(tmp_path):
     assert pipeline.checks == len(candidates)
 
 
+def test_gate_and_verifier_together_replay_gives_the_pipeline_events(tmp_path):
+    """The isolated-command gate (hop levels) and the verifier (verdicts on the audio) in one replay = Pipeline.feed."""
+    from kwspot.pipeline import hop_levels
+
+    head = write_head(tmp_path / "h.npz", "_unknown_", loudness_weight=0.2, window_s=1.5)
+    verifier = Verifier(head, {"yes": 0.5}, embedder=FakeEmbedder())
+    rng = np.random.default_rng(5)
+    running = 0.3 * rng.standard_normal(3 * SAMPLE_RATE)  # three seconds without a pause: no isolated command
+    audio = np.concatenate((bursts(12, seed=3), running, np.zeros(2 * SAMPLE_RATE))).astype(np.float32)
+    settings = DetectorSettings(min_pause_ms=200)
+    pipeline = Pipeline(FakeModel(), Detector(LABELS, settings), verifier=verifier)
+    live = []
+    for start in range(0, len(audio), 333):
+        live += [(e.keyword, e.t) for e in pipeline.feed(audio[start : start + 333])]
+    t, p = stream_probabilities(FakeModel(), audio)
+    levels = hop_levels(audio)
+    ungated = replay(LABELS, t, p, DetectorSettings())
+    gated = replay(LABELS, t, p, settings, levels=levels)
+    replayed = replay(LABELS, t, p, settings, SignalVerifier(verifier, audio).accepts, levels=levels)
+    assert live == replayed
+    assert len(gated) < len(ungated)  # the gate held back the running stretch
+    assert 0 < len(replayed) < len(gated)  # the verifier kept some of what the gate released and dropped some
+    assert pipeline.checks == len(gated)
+
+
+@pytest.fixture
+def verified_model(tmp_path) -> Path:
+    """A copy of the bundled model whose sidecar names the bundled verifier head (models/kwspot.verifier.npz)."""
+    bundled = bundled_model_path()
+    for suffix in (".tflite", ".json", ".verifier.npz"):
+        shutil.copy(bundled.with_suffix(suffix), tmp_path / f"kwspot{suffix}")
+    meta = json.loads((tmp_path / "kwspot.json").read_text())
+    meta["verifier"] = {"head": "kwspot.verifier.npz"}
+    (tmp_path / "kwspot.json").write_text(json.dumps(meta))
+    return tmp_path / "kwspot.tflite"
+
+
 def test_a_model_without_a_verifier_runs_as_before_and_off_turns_one_off(tmp_path):
     from kwspot.config import validate
     from kwspot.listen import load_verifier
@@ -199,7 +236,7 @@ def test_a_model_without_a_verifier_runs_as_before_and_off_turns_one_off(tmp_pat
         validate({"detector": {"verifier": "maybe"}})
 
 
-def test_real_embedding_models_give_96_dim_embeddings_and_the_bundled_verifier_scores(tmp_path):
+def test_real_embedding_models_give_96_dim_embeddings_and_the_bundled_verifier_scores(verified_model):
     pytest.importorskip("pyopen_wakeword", reason="pyopen-wakeword is not installed")
     pytest.importorskip("ai_edge_litert", reason="LiteRT is not installed")
     from kwspot.model import Model
@@ -214,22 +251,19 @@ def test_real_embedding_models_give_96_dim_embeddings_and_the_bundled_verifier_s
     assert a.shape == (embedder.n_embeddings, EMBEDDING_DIM) == b.shape and embedder.n_embeddings >= 1
     assert np.isfinite(a).all() and not np.allclose(a, b)
     np.testing.assert_array_equal(a, embedder.embed(noise))  # deterministic
-    spec = Model(bundled_model_path()).file.verifier
-    if spec is None:
-        pytest.skip("the bundled model names no verifier")
+    spec = Model(verified_model).file.verifier
+    assert spec is not None
     verifier = Verifier(spec.head, spec.thresholds, spec.threshold, embedder=embedder)
     ok, score = verifier.check(noise, "yes")
     assert 0.0 <= score <= 1.0 and ok == (score >= verifier.threshold_of("yes"))
 
 
-def test_evaluate_checks_events_with_the_models_verifier_unless_told_off():
+def test_evaluate_checks_events_with_the_models_verifier_unless_told_off(verified_model):
     pytest.importorskip("pyopen_wakeword", reason="pyopen-wakeword is not installed")
     from kwspot.model import Model
     from kwspot.train.evaluate import stream_verdict
 
-    model = Model(bundled_model_path())
-    if model.file.verifier is None:
-        pytest.skip("the bundled model names no verifier")
+    model = Model(verified_model)
     audio = (0.05 * np.random.default_rng(1).standard_normal(4 * SAMPLE_RATE)).astype(np.float32)
     assert stream_verdict(model, audio, "off") is None
     verdict = stream_verdict(model, audio, "auto")

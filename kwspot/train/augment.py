@@ -9,10 +9,14 @@ size of the data. Kinds:
 - ``FRAGMENT``: the first or last 25-55% of a keyword, labelled ``_unknown_``
   (the stream sees these as a word enters or leaves the window);
 - ``SPEECH``: a second of continuous speech (``--negatives``), ``_unknown_``;
-- ``NOISE``: a second of background noise at a random level, ``_silence_``.
+- ``NOISE``: a second of background noise at a random level, ``_silence_``;
+- ``PHRASE``: a second cut from a short recording of other speech (``--phrases``,
+  e.g. wake phrases) around its spoken part, ``_unknown_``.
 
-Every non-silence example gets background noise at a random SNR with
-probability ``noise_prob``, then a random gain.
+Every non-silence example first goes through another channel with probability
+``channel_prob`` (:mod:`kwspot.train.channel`: room reverb, band limit and EQ,
+level), then gets background noise at a random SNR with probability
+``noise_prob``, then a random gain.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import numpy as np
 
 from kwspot import SILENCE, UNKNOWN
 from kwspot.frontend import WINDOW_SAMPLES
+from kwspot.train.channel import EXTRA_ATTENUATION_DB, other_channel
 from kwspot.train.data import labels_for, to_float, word_bounds
 
-CLIP, FRAGMENT, SPEECH, NOISE = range(4)
+CLIP, FRAGMENT, SPEECH, NOISE, PHRASE = range(5)
 SILENCE_INDEX = labels_for(()).index(SILENCE)
 UNKNOWN_INDEX = labels_for(()).index(UNKNOWN)
 FIRST_KEYWORD = 2  # label indices from here on are keywords
@@ -41,24 +46,35 @@ class AugmentSettings:
     silence_ratio: float = 1.0
     fragments: bool = True
     shift: bool = True
+    balance_words: bool = False  # other-word clips drawn word by word, not clip by clip
+    channel_prob: float = 0.0  # share of non-silence examples sent through a random room/microphone channel
 
 
 class Sources:
     """The raw material: int16 clip windows with labels, noise and speech recordings.
 
-    ``extra``: more int16 windows (e.g. espeak-ng words), all ``_unknown_``; their
-    indices follow those of ``clips``, and they are kept apart so that ``clips``
-    can stay a memory map.
+    ``extra``: more int16 windows (e.g. espeak-ng words), ``_unknown_`` unless
+    ``extra_labels`` says otherwise; their indices follow those of ``clips``, and
+    they are kept apart so that ``clips`` can stay a memory map. ``words``: the
+    word (folder) of each clip of ``clips``, for balancing other words per word.
+    ``phrases``: short recordings of other speech, cut around their spoken part.
+    ``n_hard``: the last ``n_hard`` of ``extra`` are mined hard negatives, with their own share.
     """
 
     def __init__(self, clips: np.ndarray, labels: np.ndarray, noise: list[np.ndarray], speech: list[np.ndarray],
-                 extra: np.ndarray | None = None) -> None:
+                 extra: np.ndarray | None = None, extra_labels: np.ndarray | None = None,
+                 words: list[str] | None = None, phrases: list[np.ndarray] | None = None, n_hard: int = 0) -> None:
         self.clips = clips
         self.extra = np.zeros((0, WINDOW_SAMPLES), np.int16) if extra is None else extra
         self.n_main = len(clips)
-        self.labels = np.concatenate((np.asarray(labels, dtype=np.int64), np.full(len(self.extra), UNKNOWN_INDEX)))
+        more = np.full(len(self.extra), UNKNOWN_INDEX) if extra_labels is None else np.asarray(extra_labels, np.int64)
+        self.labels = np.concatenate((np.asarray(labels, dtype=np.int64), more))
         self.noise = noise
         self.speech = speech
+        self.words = words
+        self.phrases = phrases or []
+        self.phrase_bounds = [word_bounds(p) for p in self.phrases]
+        self.n_hard = n_hard
         bounds = [word_bounds(to_float(c)) for c in clips] + [word_bounds(to_float(c)) for c in self.extra]
         self.bounds = np.array(bounds, dtype=np.int64).reshape(len(self.labels), 2)
 
@@ -83,13 +99,24 @@ def epoch_plan(src: Sources, settings: AugmentSettings, rng: np.random.Generator
     n_unknown = int(settings.unknown_ratio * target)
     unknown = np.flatnonzero(src.labels == UNKNOWN_INDEX)
     words, tts = unknown[unknown < src.n_main], unknown[unknown >= src.n_main]
+    first_hard = len(src.labels) - src.n_hard
+    tts, hard = tts[tts < first_hard], tts[tts >= first_hard]
     keywords = np.flatnonzero(np.isin(src.labels, keyword_ids))
     shares = {CLIP: 0.3 if len(words) else 0.0, FRAGMENT: 0.3 if settings.fragments else 0.0}
     shares[SPEECH] = 0.4 if src.speech else 0.0
     shares[-1] = 0.15 if len(tts) else 0.0
+    shares[PHRASE] = 0.2 if src.phrases else 0.0
+    shares[-2] = 0.2 if len(hard) else 0.0
     total = sum(shares.values()) or 1.0
-    if shares[CLIP]:
+    if shares[CLIP] and settings.balance_words and src.words is not None:
+        rows.append(_rows(CLIP, _per_word(words, src.words, int(n_unknown * shares[CLIP] / total), rng),
+                          UNKNOWN_INDEX))
+    elif shares[CLIP]:
         rows.append(_rows(CLIP, _fill(words, int(n_unknown * shares[CLIP] / total), rng), UNKNOWN_INDEX))
+    if shares[-2]:
+        rows.append(_rows(CLIP, _fill(hard, int(n_unknown * shares[-2] / total), rng), UNKNOWN_INDEX))
+    if shares[PHRASE]:
+        rows.append(_rows(PHRASE, rng.integers(0, 1 << 30, int(n_unknown * shares[PHRASE] / total)), UNKNOWN_INDEX))
     if shares[-1]:
         rows.append(_rows(CLIP, _fill(tts, int(n_unknown * shares[-1] / total), rng), UNKNOWN_INDEX))
     if shares[FRAGMENT] and len(keywords):
@@ -115,6 +142,19 @@ def _fill(ix: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate((reps, rng.choice(ix, n - len(reps), replace=False)))
 
 
+def _per_word(ix: np.ndarray, words: list[str], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` of the clips ``ix``, as many for each word (every clip of a word before any twice)."""
+    by_word: dict[str, list[int]] = {}
+    for i in ix:
+        by_word.setdefault(words[int(i)], []).append(int(i))
+    names = sorted(by_word)
+    if not names or n <= 0:
+        return np.zeros(0, np.int64)
+    counts = np.full(len(names), n // len(names))
+    counts[rng.permutation(len(names))[: n % len(names)]] += 1
+    return np.concatenate([_fill(np.array(by_word[w]), int(c), rng) for w, c in zip(names, counts, strict=True)])
+
+
 def _rows(kind: int, index: np.ndarray, label: int) -> np.ndarray:
     index = np.asarray(index, dtype=np.int64)
     return np.stack((np.full(len(index), kind), index, np.full(len(index), label)), axis=1)
@@ -136,7 +176,9 @@ def example(
     """One augmented window."""
     if kind == NOISE:
         return _noise_window(src, rng) * _db(rng.uniform(*settings.silence_db)) if rng.random() > 0.03 else _zeros()
-    if kind == SPEECH:
+    if kind == PHRASE:
+        x, active = _phrase_window(src, index, rng)
+    elif kind == SPEECH:
         audio = src.speech[index % len(src.speech)]
         start = rng.integers(0, len(audio) - WINDOW_SAMPLES + 1)
         x = audio[start : start + WINDOW_SAMPLES].copy()
@@ -152,12 +194,28 @@ def example(
         else:
             x = _shift(clip, int(rng.integers(-s, WINDOW_SAMPLES - e + 1))) if settings.shift else clip
             active = clip[s:e]
+    extra_db = 0.0
+    if settings.channel_prob and rng.random() < settings.channel_prob:
+        x = other_channel(x, rng)
+        extra_db = rng.uniform(*EXTRA_ATTENUATION_DB)
     if src.noise and rng.random() < settings.noise_prob:
         noise = _noise_window(src, rng)
         snr = rng.uniform(*settings.snr_db)
         x = x + noise * (_rms(active) / max(_rms(noise), 1e-6) * _db(-snr))
-    x = x * _db(rng.uniform(*settings.gain_db))
+    x = x * _db(rng.uniform(*settings.gain_db) + extra_db)
     return np.clip(x, -1.0, 1.0).astype(np.float32)
+
+
+def _phrase_window(src: Sources, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One second of a phrase recording holding part of its spoken part (a stream window passing over it)."""
+    i = index % len(src.phrases)
+    audio, (s, e) = src.phrases[i], src.phrase_bounds[i]
+    centre = int(rng.integers(s, max(s + 1, e)))
+    start = centre - int(rng.uniform(0.2, 0.8) * WINDOW_SAMPLES)
+    x = np.zeros(WINDOW_SAMPLES, np.float32)
+    a, b = max(0, start), min(len(audio), start + WINDOW_SAMPLES)
+    x[a - start : b - start] = audio[a:b]
+    return x, audio[s:e]
 
 
 def _fragment(word: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

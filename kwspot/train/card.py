@@ -62,7 +62,11 @@ def write_card(path: Path, meta: dict[str, Any], metrics: dict[str, dict[str, An
         f"{t.get('val_accuracy', 0):.4f}), batch {t['batch']}, Adam, peak lr {t['lr']} with cosine decay, seed "
         f"{t['seed']}, noise probability {t['noise_prob']}, unknown ratio {t['unknown_ratio']}, keyword fragments "
         f"{'off' if t['no_fragments'] else 'on'}, SpecAugment {'on' if t.get('specaugment') else 'off'}, espeak-ng "
-        f"negatives {'on' if t.get('espeak_negatives') else 'off'}, {t.get('minutes')} minutes.",
+        f"negatives {'on' if t.get('espeak_negatives') else 'off'}, espeak-ng positives "
+        f"{t.get('espeak_positives') or 0} a voice, phrases {', '.join(t.get('phrases') or []) or 'none'}, "
+        f"other words balanced {'per word' if t.get('balance_words') else 'per clip'}, channel augmentation "
+        f"{t.get('channel_aug') or 0}, hard negatives {', '.join(t.get('hard_negatives') or []) or 'none'}, "
+        f"{t.get('minutes')} minutes.",
         "",
     ]
     path.write_text("\n".join(lines))

@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from kwspot import KEYWORDS, modelfile
+from kwspot import KEYWORDS, UNKNOWN, modelfile
 from kwspot.argtypes import Number
 from kwspot.errors import KwspotError
+from kwspot.frontend import load_audio
 from kwspot.paths import NAME_MAX
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
-from kwspot.train.data import Dataset, clip_windows, load_long, scan, speech_files
+from kwspot.train.data import Dataset, clip_windows, load_long, phrase_files, scan, speech_files
 from kwspot.train.loop import LoopSettings
 
 ARCH_DEFAULTS = {"default": {"batch": 64, "lr": 2e-3}, "workshop": {"batch": 32, "lr": 1e-3}}
@@ -41,6 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continuous speech without the keywords (repeatable); its windows become _unknown_")
     parser.add_argument("--espeak-negatives", action="store_true",
                         help="add other words (many near misses) spoken by espeak-ng as _unknown_")
+    parser.add_argument("--espeak-positives", type=Number(0, 100000, integer=True), default=0, metavar="N",
+                        help="the keywords said by the voices of --espeak-negatives, N per voice, as positives")
+    parser.add_argument("--phrases", action="append", type=Path, default=[], metavar="DIR",
+                        help="folder of folders of short recordings of other speech (e.g. wake_phrases); the "
+                             "training share (file-name hash) becomes _unknown_")
+    parser.add_argument("--balance-words", action="store_true",
+                        help="draw other-word clips word by word, not clip by clip")
+    parser.add_argument("--channel-aug", type=Number(0.0, 1.0), default=0.0, metavar="P",
+                        help="share of examples sent through a random room/microphone (reverb, EQ, level)")
+    parser.add_argument("--hard-negatives", type=Path, action="append", default=[], metavar="NPY",
+                        help="mined windows (python -m kwspot.train.mine) to train on as _unknown_")
     parser.add_argument("--no-fragments", action="store_true", help="do not train on keyword halves as _unknown_")
     parser.add_argument("--specaugment", action="store_true", help="mask log-mel bands and frames while training")
     parser.add_argument("--noise-prob", type=Number(0.0, 1.0), default=0.8,
@@ -72,23 +84,46 @@ def run(args: argparse.Namespace) -> int:
         raise KwspotError(f"{args.data}: no training clips (everything is in the validation or testing list)")
     for folder in args.negatives:
         speech_files(folder)
+    for folder in args.phrases:
+        phrase_files(folder)
+    for path in args.hard_negatives:
+        _load_windows(path)
     require_tensorflow()
     from kwspot.train import export, loop, models
 
     console = Console(stderr=True)
     arch = ARCH_DEFAULTS[args.arch]
     aug = AugmentSettings(noise_prob=args.noise_prob, unknown_ratio=args.unknown_ratio,
-                          fragments=not args.no_fragments)
+                          fragments=not args.no_fragments, balance_words=args.balance_words,
+                          channel_prob=args.channel_aug)
     settings = LoopSettings(epochs=args.epochs, batch=args.batch or arch["batch"], lr=args.lr or arch["lr"],
                             patience=args.patience, seed=args.seed, max_minutes=args.max_minutes)
     console.print(f"[bold]{args.data}[/]: " + ", ".join(f"{s} {len(data.clips[s])}" for s in data.clips))
     train_src = _sources(data, "train", args, console)
+    extra, extra_labels = [], []
     if args.espeak_negatives:
         from kwspot.train.espeak import espeak_clips
 
-        extra = espeak_clips(seed=args.seed)
-        train_src = Sources(train_src.clips, train_src.labels, train_src.noise, train_src.speech, extra)
-        console.print(f"espeak-ng negatives: {len(extra)} clips")
+        extra.append(espeak_clips(seed=args.seed))
+        extra_labels.append(np.full(len(extra[-1]), data.labels.index(UNKNOWN)))
+        console.print(f"espeak-ng negatives: {len(extra[-1])} clips")
+    if args.espeak_positives:
+        from kwspot.train.espeak import espeak_commands
+
+        windows, words = espeak_commands(data.keywords, args.espeak_positives, seed=args.seed)
+        extra.append(windows)
+        extra_labels.append(np.array([data.labels.index(w) for w in words]))
+        console.print(f"espeak-ng positives: {len(windows)} clips")
+    n_hard = 0
+    for path in args.hard_negatives:
+        extra.append(_load_windows(path))
+        extra_labels.append(np.full(len(extra[-1]), data.labels.index(UNKNOWN)))
+        n_hard += len(extra[-1])
+        console.print(f"hard negatives: {len(extra[-1])} windows from {path}")
+    if extra:
+        train_src = Sources(train_src.clips, train_src.labels, train_src.noise, train_src.speech,
+                            np.concatenate(extra), np.concatenate(extra_labels), train_src.words, train_src.phrases,
+                            n_hard)
     val_src = _sources(data, "validation", args, console)
     val = fixed_set(val_src, AugmentSettings(noise_prob=0.5, snr_db=(5.0, 20.0), gain_db=(-6.0, 6.0),
                                              fragments=aug.fragments), seed=1234)
@@ -138,6 +173,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_windows(path: Path) -> np.ndarray:
+    try:
+        windows = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise KwspotError(f"{path}: unreadable hard negatives ({exc})") from None
+    if windows.ndim != 2 or windows.shape[1] != 8000 or windows.dtype != np.int16:
+        raise KwspotError(f"{path}: hard negatives must be int16 windows of shape (n, 8000)")
+    return windows
+
+
 def _sources(data: Dataset, split: str, args: argparse.Namespace, console: Console) -> Sources:
     clips = data.clips[split]
     windows = clip_windows([c.path for c in clips], args.cache, progress=True)
@@ -146,4 +191,10 @@ def _sources(data: Dataset, split: str, args: argparse.Namespace, console: Conso
     speech: list[np.ndarray] = []
     for folder in args.negatives:
         speech += load_long(speech_files(folder, split), "all")
-    return Sources(windows, labels, noise, speech)
+    phrases: list[np.ndarray] = []
+    if split == "train":
+        for folder in getattr(args, "phrases", []):
+            phrases += [load_audio(f) for f in phrase_files(folder, split)]
+        if phrases:
+            console.print(f"phrases: {len(phrases)} recordings of other speech ({split} share)")
+    return Sources(windows, labels, noise, speech, words=[c.word for c in clips], phrases=phrases)

@@ -57,6 +57,17 @@ def speech_files(folder: str | Path, split: str | None = None) -> list[Path]:
     return [f for f in files if which_set(f.name.split("-")[0] + "_nohash_", 10.0, 20.0) == split]
 
 
+def phrase_files(folder: str | Path, split: str | None = None) -> list[Path]:
+    """Recordings in the sub-folders of ``folder`` (e.g. wake_phrases/<phrase>/), split by the file-name hash."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KwspotError(f"{folder}: no such folder of phrase recordings")
+    files = [f for sub in sorted(p for p in folder.iterdir() if p.is_dir()) for f in audio_files(sub)]
+    if not files:
+        raise KwspotError(f"{folder}: holds no sub-folders of WAV or FLAC files")
+    return files if split is None else [f for f in files if which_set(f.name) == split]
+
+
 @dataclass
 class Clip:
     path: Path

@@ -12,6 +12,7 @@ import hashlib
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def espeak_clips(words: tuple[str, ...] | list[str] | None = None, seed: int = 0
     """Int16 one-second windows of ``words`` (default: near misses and common words), several voices each."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise KwspotError("--espeak-negatives needs espeak-ng on PATH (apt-get install espeak-ng)")
+        raise KwspotError("--espeak-negatives/--espeak-positives need espeak-ng on PATH (apt-get install espeak-ng)")
     words = list(words or (*NEAR_MISSES, *OTHER_WORDS))
     rng = np.random.default_rng(seed)
     jobs = [(w, v, int(rng.integers(110, 200)), int(rng.integers(25, 75))) for w in words for v in VOICES]
@@ -71,3 +72,13 @@ def espeak_clips(words: tuple[str, ...] | list[str] | None = None, seed: int = 0
     target.parent.mkdir(parents=True, exist_ok=True)
     np.save(target, out)
     return out
+
+
+def espeak_commands(keywords: Sequence[str], per_voice: int = 4, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """The keywords said by the same voices, at the same kinds of speed and pitch, as the negatives.
+
+    Used as positives (``kwspot train --espeak-positives``), so that a synthetic voice is
+    no sign of ``_unknown_``. Returns int16 windows and their keyword.
+    """
+    words = [k for k in keywords for _ in range(per_voice)]
+    return espeak_clips(words, seed=seed + 1), [w for w in words for _ in VOICES]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import Model, bundled_model_path
 from kwspot.modelfile import save_thresholds
+from kwspot.pipeline import hop_levels
 from kwspot.train.data import Dataset, clip_windows, scan, to_float
 from kwspot.train.scoring import Verdict, pick_thresholds, replay, score, sweep
 from kwspot.train.streams import Stream, StreamSpec, parse_snrs, split_streams
@@ -62,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--smoothing-hops", type=Number(1, 50, integer=True), default=DetectorSettings.smoothing_hops)
     g.add_argument("--min-consecutive", type=Number(1, 50, integer=True), default=DetectorSettings.min_consecutive)
     g.add_argument("--refractory-s", type=Number(0.0, 60.0), default=DetectorSettings.refractory_s)
+    g.add_argument("--min-pause-ms", type=Number(0.0, 2000.0), default=DetectorSettings.min_pause_ms,
+                   help="isolated-command gate: quiet this long before and after a command (0: off)")
+    g.add_argument("--phrases", action="append", type=Path, default=[], metavar="DIR",
+                   help="folder of folders of short recordings without keywords (the split's share, by file-name "
+                        "hash), appended to the continuous speech")
 
 
 def split_of_list(name: str) -> str:
@@ -146,7 +153,8 @@ def stream_spec(args: argparse.Namespace) -> StreamSpec:
     if args.minutes < 0 or args.other_words_minutes < 0:
         raise KwspotError("--minutes and --other-words-minutes must be 0 or more")
     return StreamSpec(words=args.words, snrs=parse_snrs(args.snr), minutes=args.minutes,
-                      other_words_minutes=args.other_words_minutes, speech=tuple(args.speech), cache=args.cache)
+                      other_words_minutes=args.other_words_minutes, speech=tuple(args.speech),
+                      phrases=tuple(getattr(args, "phrases", ())), cache=args.cache)
 
 
 def probabilities(model: Model, stream: Stream, hop_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -163,13 +171,19 @@ def stream_result(model: Model, data: Dataset, split: str,
     """Build the split's streams, score them, sweep thresholds; (result, sweep rows)."""
     if args.hop_ms <= 0:
         raise KwspotError("--hop-ms must be more than 0")
+    if getattr(args, "min_pause_ms", 0.0) < 0:
+        raise KwspotError("--min-pause-ms must be 0 or more")
     words, speech = split_streams(data, split, stream_spec(args), np.random.default_rng(args.seed))
     hop = args.hop_ms / 1000.0
     t_w, p_w = probabilities(model, words, hop)
     t_s, p_s = probabilities(model, speech, hop)
     base = DetectorSettings(args.threshold if args.threshold is not None else 0.8,
                             None if args.threshold is not None else model.thresholds or None,
-                            args.smoothing_hops, args.min_consecutive, args.refractory_s)
+                            args.smoothing_hops, args.min_consecutive, args.refractory_s,
+                            getattr(args, "min_pause_ms", 0.0))
+    gated = base.min_pause_ms > 0
+    l_w = hop_levels(words.audio, hop)[: len(t_w)] if gated else None
+    l_s = hop_levels(speech.audio, hop)[: len(t_s)] if gated else None
     kws = model.keywords
     result: dict[str, Any] = {"split": split, "settings": {"threshold": base.threshold,
                                                          "thresholds": dict(base.thresholds or {})}}
@@ -178,18 +192,28 @@ def stream_result(model: Model, data: Dataset, split: str,
     verdict = stream_verdict(model, np.concatenate((words.audio, gap, speech.audio)), args.verifier)
     speech_verdict = None if verdict is None else (lambda kw, t: verdict(kw, t + words.seconds + 10.0))
     result["verifier"] = model.file.verifier.head.name if verdict is not None else None
-    result["words"] = score(words.words, replay(model.labels, t_w, p_w, base, verdict), words.seconds, kws)
+    result["words"] = score(words.words, replay(model.labels, t_w, p_w, base, verdict, levels=l_w),
+                            words.seconds, kws)
     if len(t_s):
-        result["speech"] = score([], replay(model.labels, t_s, p_s, base, speech_verdict), speech.seconds, kws)
+        result["speech"] = score([], replay(model.labels, t_s, p_s, base, speech_verdict, levels=l_s),
+                                 speech.seconds, kws)
     times = np.concatenate((t_w, t_s + words.seconds + 10.0)) if len(t_s) else t_w
     probs = np.concatenate((p_w, p_s)) if len(t_s) else p_w
+    levels = l_w
+    if gated and len(t_s) and len(t_w):  # the gate hears the ten seconds of silence between the two streams
+        n_gap = int(round(10.0 / hop))
+        times = np.concatenate((t_w, t_w[-1] + hop * np.arange(1, n_gap + 1), t_s + words.seconds + 10.0))
+        probs = np.concatenate((p_w, np.tile(_silence_row(model.labels), (n_gap, 1)), p_s))
+        levels = np.concatenate((l_w, np.full(n_gap, -120.0), l_s))
+    elif gated and len(t_s):
+        levels = np.concatenate((l_w, l_s))
     total_s = words.seconds + speech.seconds
-    rows = sweep(model.labels, times, probs, words.words, total_s, base, verdict=verdict)
+    rows = sweep(model.labels, times, probs, words.words, total_s, base, verdict=verdict, levels=levels)
     result["sweep"] = [{k: r[k] for k in ("threshold", "recall", "fa_per_hour", "false_accepts")} for r in rows]
     if args.target_fa_per_hour is not None:
         chosen = pick_thresholds(rows, args.target_fa_per_hour)
-        settings = DetectorSettings(0.8, chosen, base.smoothing_hops, base.min_consecutive, base.refractory_s)
-        reached = score(words.words, replay(model.labels, times, probs, settings, verdict), total_s, kws)
+        settings = replace(base, threshold=0.8, thresholds=chosen)
+        reached = score(words.words, replay(model.labels, times, probs, settings, verdict, levels=levels), total_s, kws)
         result["target"] = {"fa_per_hour": args.target_fa_per_hour, "thresholds": chosen, "result": _brief(reached)}
         if args.save_thresholds:
             save_thresholds(model.path, chosen)
@@ -204,6 +228,12 @@ def stream_verdict(model: Model, audio: np.ndarray, mode: str = "auto") -> Verdi
     from kwspot.verifier import SignalVerifier, Verifier
 
     return SignalVerifier(Verifier(spec.head, spec.thresholds, spec.threshold), audio).accepts
+
+
+def _silence_row(labels: list[str]) -> np.ndarray:
+    row = np.zeros(len(labels), np.float32)
+    row[labels.index("_silence_")] = 1.0
+    return row
 
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:

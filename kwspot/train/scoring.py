@@ -11,6 +11,7 @@ chosen here are the ones ``listen`` applies. No audio, no argument parsing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,17 +29,20 @@ Verdict = Callable[[str, float], bool]  # (keyword, t) -> whether the verifier l
 
 def replay(
     labels: list[str], times: np.ndarray, probs: np.ndarray, settings: DetectorSettings,
-    verdict: Verdict | None = None,
+    verdict: Verdict | None = None, *, levels: np.ndarray | None = None,
 ) -> list[tuple[str, float]]:
     """Events (keyword, t) that ``listen``'s detector gives for these probabilities.
 
-    ``verdict``: the second stage (e.g. :meth:`kwspot.verifier.SignalVerifier.accepts`); a candidate it
-    rejects is dropped, as ``Pipeline`` drops it, and the detector goes on as if it had fired.
+    ``levels``: each hop's level (:func:`kwspot.pipeline.hop_levels`), which the isolated-command gate
+    needs when ``settings.min_pause_ms`` > 0. ``verdict``: the second stage (e.g.
+    :meth:`kwspot.verifier.SignalVerifier.accepts`), asked about each event the detector (and gate)
+    releases; a candidate it rejects is dropped, as ``Pipeline`` drops it, and the detector goes on as
+    if it had fired.
     """
     det = Detector(labels, settings)
     out = []
-    for t, p in zip(times, probs, strict=True):
-        d = det.update(p, float(t))
+    for i, (t, p) in enumerate(zip(times, probs, strict=True)):
+        d = det.update(p, float(t), None if levels is None else float(levels[i]))
         if d is not None and (verdict is None or verdict(d.keyword, d.t)):
             out.append((d.keyword, d.t))
     return out
@@ -88,14 +92,14 @@ def score(words: list[Word], events: list[tuple[str, float]], seconds: float,
 
 
 def sweep(labels: list[str], times: np.ndarray, probs: np.ndarray, words: list[Word], seconds: float,
-          base: DetectorSettings, grid: tuple[float, ...] = SWEEP, verdict: Verdict | None = None
-          ) -> list[dict[str, Any]]:
-    """Score one uniform threshold per grid point: the DET curve (through the verifier, if given)."""
+          base: DetectorSettings, grid: tuple[float, ...] = SWEEP, verdict: Verdict | None = None,
+          levels: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Score one uniform threshold per grid point: the DET curve (through the gate and verifier, if given)."""
     keywords = Detector(labels).keywords
     rows = []
     for th in grid:
-        settings = DetectorSettings(float(th), None, base.smoothing_hops, base.min_consecutive, base.refractory_s)
-        events = replay(labels, times, probs, settings, verdict)
+        settings = replace(base, threshold=float(th), thresholds=None)
+        events = replay(labels, times, probs, settings, verdict, levels=levels)
         rows.append({"threshold": float(th), **score(words, events, seconds, keywords)})
     return rows
 

@@ -121,6 +121,7 @@ class StreamSpec:
     minutes: float = 0.0  # repeat the clips until the stream is this long
     other_words_minutes: float = 0.0  # then this much of the split's other words
     speech: tuple[Path, ...] = ()  # folders of continuous speech without the keywords
+    phrases: tuple[Path, ...] = ()  # folders of folders of short recordings without them (e.g. wake phrases)
     cache: Path | None = None
 
 
@@ -135,8 +136,12 @@ def parse_snrs(text: str) -> tuple[float, ...] | None:
 
 
 def split_streams(data: Dataset, split: str, spec: StreamSpec, rng: np.random.Generator) -> tuple[Stream, Stream]:
-    """The word stream and the speech stream (may be empty) of a split."""
-    from kwspot.train.data import clip_windows, load_long, speech_files, to_float
+    """The word stream and the speech stream (may be empty) of a split.
+
+    The speech stream is the split's continuous speech, then the split's share (by file-name hash) of
+    each phrase recording, half a second apart.
+    """
+    from kwspot.train.data import clip_windows, load_long, phrase_files, speech_files, to_float
 
     clips = [c for c in data.clips[split] if c.label != "_silence_"]
     if spec.words == "keywords":
@@ -158,5 +163,8 @@ def split_streams(data: Dataset, split: str, spec: StreamSpec, rng: np.random.Ge
     speech_parts: list[np.ndarray] = []
     for folder in spec.speech:
         speech_parts += load_long(speech_files(folder, split), "all")
+    for folder in spec.phrases:
+        for part in load_long(phrase_files(folder, split), "all"):
+            speech_parts += [part, np.zeros(SAMPLE_RATE // 2, np.float32)]
     speech = Stream(np.concatenate(speech_parts) if speech_parts else np.zeros(0, np.float32))
     return words, speech

@@ -1,0 +1,360 @@
+"""Quality benchmark on the TESTING material only: one table per model, with the event count behind every figure.
+
+    .venv/bin/python bench/quality.py --model models/kwspot.tflite [--model models/workshop.tflite ...]
+        [--data ../shared/speech_commands] [--speech ../shared/librispeech_negatives]
+        [--phrases ../shared/wake_phrases] [--json runs/quality.json] [--min-pause-ms MS]
+
+Rows (each at the thresholds in the model's sidecar, through the daemon's own
+ring buffer, model call and detector: :func:`kwspot.pipeline.stream_probabilities`
+and :func:`kwspot.train.scoring.replay` / :func:`kwspot.train.scoring.score`; the
+keywords are the model's, from its sidecar):
+
+- clip accuracy over all classes and among the keywords, and per-class recall on the testing list;
+- command streams: every testing-list command once, 1.5-3.5 s apart, over the
+  held-out part of the background noise at 20, 10 and 5 dB SNR, and clean;
+- false accepts on: every other (non-keyword) word of the testing list once,
+  over noise at 20/10/5 dB; the testing share of ``wake_phrases`` (split by
+  the same file-name hash as training); the testing speakers of
+  ``librispeech_negatives``; espeak-ng sentences without any command;
+- recall on espeak-ng voices (not the voices used in training) saying the commands;
+- LiteRT time per window (median, 1 thread) and multiply-accumulates (from the sidecar).
+
+Numpy and LiteRT only (espeak-ng for the two synthetic rows, skipped without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kwspot import UNKNOWN, modelfile
+from kwspot.detector import DetectorSettings
+from kwspot.errors import KwspotError
+from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, fit_window, load_audio
+from kwspot.model import Model
+from kwspot.pipeline import hop_levels, stream_probabilities
+from kwspot.train.data import (
+    Dataset,
+    cache_dir,
+    clip_windows,
+    load_long,
+    phrase_files,
+    scan,
+    speech_files,
+    to_float,
+    to_int16,
+)
+from kwspot.train.evaluate import clip_report
+from kwspot.train.scoring import replay, score
+from kwspot.train.streams import Stream, build_stream
+
+SNRS = ("20", "10", "5", "clean")
+# voices that training never uses (kwspot.train.espeak.VOICES are the training voices)
+BENCH_VOICES = ("en-us-nyc", "en-gb-x-gbclan+f1", "en-gb-x-gbcwmd+m7", "en-us+f5", "en-gb-scotland+m2", "en-029+f2")
+SENTENCES = (
+    "the weather will be warm and sunny all week",
+    "please bring me a glass of water from the kitchen",
+    "my sister lives in a small town near the sea",
+    "we had pasta with tomato sauce for dinner",
+    "the children played in the garden until dark",
+    "he forgot his keys at the office again",
+    "can you tell me what time the train leaves",
+    "the meeting has been moved to thursday morning",
+    "she reads a book every night before sleeping",
+    "there is a new bakery across the street",
+    "the dog barked at the mail carrier",
+    "i think we should paint the kitchen blue",
+    "the football match was cancelled because of rain",
+    "my phone battery is almost empty",
+    "they built a bridge over the river last year",
+    "the music was too loud at the party",
+    "please remember to water the plants",
+    "our neighbours have three cats and a parrot",
+    "the soup needs a little more salt",
+    "we watched a film about whales and dolphins",
+    "this coffee tastes better than yesterday",
+    "the library closes early during the holidays",
+    "he wants to learn the piano this winter",
+    "the price of bread has risen again",
+)
+
+
+@dataclass
+class Row:
+    """One figure of the table: its value and the counts behind it."""
+
+    name: str
+    value: str
+    counts: str
+
+
+def rate(events: int, seconds: float) -> float:
+    """Events an hour."""
+    return events / (seconds / 3600.0) if seconds > 0 else float("nan")
+
+
+def fa_row(name: str, result: dict[str, Any]) -> Row:
+    """False accepts an hour of a scored stream, with the count and the hours behind it."""
+    fa, s = result["false_accepts"], result["seconds"]
+    return Row(name, f"{rate(fa, s):.1f} FA/h", f"{fa} in {s / 3600:.2f} h")
+
+
+def recall_row(name: str, result: dict[str, Any]) -> Row:
+    """Recall and false accepts an hour of a scored stream of commands."""
+    hits, n, fa, s = result["hits"], result["keywords"], result["false_accepts"], result["seconds"]
+    value = f"{100 * hits / n:.1f}% / {rate(fa, s):.1f} FA/h" if n else "n/a"
+    return Row(name, value, f"{hits}/{n} hit, {fa} FA in {s / 3600:.2f} h")
+
+
+def concatenate(parts: list[np.ndarray], gap_s: float = 1.0) -> np.ndarray:
+    """Recordings end to end with ``gap_s`` of silence between them (and before the first)."""
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
+    pieces = [gap]
+    for p in parts:
+        pieces += [np.asarray(p, np.float32), gap]
+    return np.concatenate(pieces)
+
+
+def espeak_windows(texts: list[str], voices: tuple[str, ...], seed: int, per_voice: int = 1,
+                   fit: bool = True) -> list[np.ndarray] | None:
+    """``texts`` spoken by each voice (``per_voice`` random speeds/pitches each), cached; None without espeak-ng."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return None
+    rng = np.random.default_rng(seed)
+    jobs = [(t, v, int(rng.integers(120, 190)), int(rng.integers(30, 70)))
+            for t in texts for v in voices for _ in range(per_voice)]
+    target = cache_dir() / f"bench-espeak-{hashlib.sha1(repr((jobs, fit)).encode()).hexdigest()[:16]}.npz"
+    if target.is_file():
+        with np.load(target) as z:
+            return [z[k] for k in sorted(z.files, key=int)]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        for text, voice, speed, pitch in jobs:
+            subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text],
+                           check=True, capture_output=True)
+            audio = load_audio(wav)
+            audio = audio / max(float(np.max(np.abs(audio))), 1e-6) * 0.5
+            out.append(to_int16(fit_window(audio) if fit else audio))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(target, **{str(i): a for i, a in enumerate(out)})
+    return out
+
+
+@dataclass
+class Material:
+    """The testing streams, built once and shared by every model."""
+
+    commands: dict[str, Stream]
+    other_words: Stream
+    phrases: Stream | None
+    speech: Stream | None
+    tts_sentences: Stream | None
+    tts_commands: Stream | None
+
+
+def material(data: Dataset, speech_dir: Path | None, phrases_dir: Path | None, seed: int,
+             split: str = "testing") -> Material:
+    clips = data.clips[split]
+    windows = clip_windows([c.path for c in clips])
+    noise = load_long(data.noise_files, "eval")
+    kw = [i for i, c in enumerate(clips) if c.label in data.keywords]
+    other = [i for i, c in enumerate(clips) if c.label == UNKNOWN]
+    commands = {}
+    for k, snr in enumerate(SNRS):
+        rng = np.random.default_rng(seed + k)
+        order = rng.permutation(kw)
+        items = [(to_float(windows[i]), clips[i].label) for i in order]
+        commands[snr] = build_stream(items, noise, rng, None if snr == "clean" else (float(snr),))
+    rng = np.random.default_rng(seed + 10)
+    other_words = build_stream([(to_float(windows[i]), UNKNOWN) for i in rng.permutation(other)], noise, rng)
+    phrases = Stream(concatenate(load_long(phrase_files(phrases_dir, split)))) if phrases_dir else None
+    speech = Stream(concatenate(load_long(speech_files(speech_dir, split)), 0.5)) if speech_dir else None
+    sentences = espeak_windows(list(SENTENCES), BENCH_VOICES, seed, fit=False)
+    tts_sentences = Stream(concatenate([to_float(s) for s in sentences], 0.7)) if sentences else None
+    spoken = espeak_windows(list(data.keywords), BENCH_VOICES, seed, per_voice=3)
+    tts_commands = None
+    if spoken:
+        labels = [k for k in data.keywords for _ in BENCH_VOICES for _ in range(3)]
+        rng = np.random.default_rng(seed + 20)
+        order = rng.permutation(len(spoken))
+        tts_commands = build_stream([(to_float(spoken[i]), labels[i]) for i in order], noise, rng, None)
+    return Material(commands, other_words, phrases, speech, tts_sentences, tts_commands)
+
+
+STREAMS = ("other_words", "phrases", "speech", "tts_sentences", "tts_commands")
+
+
+def model_outputs(model: Model, mat: Material) -> dict[str, tuple[Stream, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each stream with the model's probabilities and the hop levels (run once, replayed per setting)."""
+    streams = {f"cmd_{snr}": s for snr, s in mat.commands.items()}
+    streams.update({k: getattr(mat, k) for k in STREAMS if getattr(mat, k) is not None})
+    return {k: (s, *stream_probabilities(model, s.audio), hop_levels(s.audio)) for k, s in streams.items()}
+
+
+def replay_scored(labels: list[str], out: tuple[Stream, np.ndarray, np.ndarray, np.ndarray],
+                  settings: DetectorSettings) -> dict[str, Any]:
+    """Score one stream through the daemon's detector."""
+    stream, t, p, levels = out
+    events = replay(labels, t, p, settings, levels=levels if settings.min_pause_ms > 0 else None)
+    r = score(stream.words, events, stream.seconds, modelfile.keywords_of(labels))
+    r["events"] = events
+    return r
+
+
+def ms_per_window(model: Model, n: int = 300) -> float:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((n, WINDOW_SAMPLES)) * 0.05).astype(np.float32)
+    for w in x[:20]:
+        model.predict(w)
+    times = []
+    for w in x:
+        t0 = time.perf_counter()
+        model.predict(w)
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
+
+
+def measure(model_path: Path, data: Dataset, mat: Material, pauses: list[float] | None = None,
+            split: str = "testing") -> list[dict[str, Any]]:
+    """One result per gate setting (default: the sidecar's ``detector.min_pause_ms``, else off)."""
+    model = Model(model_path, threads=1)
+    det = dict(model.meta.get("detector") or {})
+    pauses = pauses or [float(det.get("min_pause_ms", 0.0))]
+    clips = clip_report(model, data, split)
+    outputs = model_outputs(model, mat)
+    ms, macs = ms_per_window(model), (model.meta.get("macs") or {}).get("total")
+    return [evaluate(model, model_path, outputs, clips, pause, split) | {"ms_per_window": ms, "macs": macs}
+            for pause in pauses]
+
+
+def evaluate(model: Model, model_path: Path, outputs: dict[str, Any], clips: dict[str, Any], pause: float,
+             split: str) -> dict[str, Any]:
+    settings = DetectorSettings(0.8, model.thresholds or None, min_pause_ms=pause)
+    out: dict[str, Any] = {"model": str(model_path), "split": split, "thresholds": model.thresholds,
+                           "min_pause_ms": pause, "clips": clips}
+    out["streams"] = {snr: replay_scored(model.labels, outputs[f"cmd_{snr}"], settings) for snr in SNRS}
+    for name in STREAMS:
+        if name in outputs:
+            out[name] = replay_scored(model.labels, outputs[name], settings)
+    out["bytes"] = model_path.stat().st_size
+    return out
+
+
+def rows(r: dict[str, Any]) -> list[Row]:
+    c = r["clips"]
+    n = c["n"]
+    labels = c["labels"]
+    keywords = modelfile.keywords_of(labels)
+    n_kw = sum(c["per_class"][k]["support"] for k in keywords)
+    out = [Row(f"clip accuracy {len(labels)}-way", f"{100 * c['accuracy_12']:.1f}%",
+               f"{round(c['accuracy_12'] * n)}/{n} clips"),
+           Row(f"clip accuracy {len(keywords)}-way", f"{100 * c['accuracy_10']:.1f}%",
+               f"{round(c['accuracy_10'] * n_kw)}/{n_kw} clips")]
+    for label in labels:
+        pc = c["per_class"][label]
+        hits = round(pc["recall"] * pc["support"])
+        out.append(Row(f"  recall {label}", f"{100 * pc['recall']:.1f}%", f"{hits}/{pc['support']}"))
+    for snr, s in r["streams"].items():
+        out.append(recall_row(f"commands {'clean' if snr == 'clean' else snr + ' dB SNR'}: recall / FA/h", s))
+    split = r.get("split", "testing")
+    lat = [s["latency_median_s"] for s in r["streams"].values() if s.get("latency_median_s") is not None]
+    if lat:
+        hits = sum(s["hits"] for s in r["streams"].values())
+        out.append(Row("median latency after the word (median of the four streams)", f"{np.median(lat):.2f} s",
+                       f"{hits} hits"))
+    labels = {"other_words": f"other words of the {split} list, each once (20/10/5 dB)",
+              "phrases": f"wake phrases, {split} share", "speech": f"continuous speech, {split} speakers",
+              "tts_sentences": "espeak-ng sentences without commands"}
+    for key, name in labels.items():
+        if key in r:
+            out.append(fa_row(name, r[key]))
+    if "tts_commands" in r:
+        out.append(recall_row("espeak-ng voices saying the commands: recall / FA/h", r["tts_commands"]))
+    out.append(Row("LiteRT time per window (1 thread, median)", f"{r['ms_per_window']:.3f} ms", "300 windows"))
+    macs = r.get("macs")
+    out.append(Row("multiply-accumulates per window", f"{macs / 1e6:.2f} M" if macs else "n/a", "sidecar"))
+    out.append(Row("model file", f"{r['bytes'] / 1024:.0f} KiB", ""))
+    return out
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [f"`{r['model']}` ({r['split']} material; sidecar thresholds; min_pause_ms {r['min_pause_ms']:g})", "",
+             "| figure | value | counts |", "|---|---|---|"]
+    lines += [f"| {row.name} | {row.value} | {row.counts} |" for row in rows(r)]
+    return "\n".join(lines)
+
+
+def top_false_accepts(r: dict[str, Any], key: str) -> str:
+    """Which keywords fired where nothing was said (for reading the table)."""
+    if key not in r:
+        return ""
+    counts: dict[str, int] = {}
+    for kw, _ in r[key]["events"]:
+        counts[kw] = counts.get(kw, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, action="append", required=True)
+    parser.add_argument("--data", type=Path, default=Path("../shared/speech_commands"))
+    parser.add_argument("--speech", type=Path, default=Path("../shared/librispeech_negatives"))
+    parser.add_argument("--phrases", type=Path, default=Path("../shared/wake_phrases"))
+    parser.add_argument("--min-pause-ms", default=None,
+                        help="isolated-command gate, comma separated for several tables (default: the sidecar's "
+                             "detector setting, else off)")
+    parser.add_argument("--split", default="testing", choices=("testing", "validation"),
+                        help="validation: for choosing settings; the table of record is testing")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args(argv)
+    for p in args.model:
+        if not p.is_file():
+            print(f"quality: error: {p}: no such model file", file=sys.stderr)
+            return 2
+    try:
+        keywords = [modelfile.read(p).keywords for p in args.model]
+        pauses = [float(x) for x in args.min_pause_ms.split(",")] if args.min_pause_ms else None
+    except (KwspotError, ValueError) as exc:
+        print(f"quality: error: {exc}", file=sys.stderr)
+        return 2
+    built: dict[tuple[str, ...], tuple[Dataset, Material]] = {}  # material per set of keywords
+    results = []
+    for path, words in zip(args.model, keywords, strict=True):
+        if words not in built:
+            data = scan(args.data, keywords=words)
+            built[words] = data, material(data, args.speech if args.speech.is_dir() else None,
+                                          args.phrases if args.phrases.is_dir() else None, args.seed, args.split)
+        data, mat = built[words]
+        for r in measure(path, data, mat, pauses, args.split):
+            results.append(r)
+            print(markdown(r))
+            for key in ("other_words", "phrases", "speech", "tts_sentences"):
+                if key in r:
+                    print(f"  false accepts on {key}: {top_false_accepts(r, key) or 'none'}")
+            print(flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        slim = [{k: ({kk: vv for kk, vv in v.items() if kk != "events"} if isinstance(v, dict) else v)
+                 for k, v in r.items()} for r in results]
+        for r in slim:
+            r["streams"] = {snr: {k: v for k, v in s.items() if k != "events"} for snr, s in r["streams"].items()}
+        args.json.write_text(json.dumps(slim, indent=2, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""bench/quality.py counts right: its rows on a tiny synthetic stream with known hits and false accepts."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from kwspot import KEYWORDS, LABELS, UNKNOWN
+from kwspot.frontend import SAMPLE_RATE
+from kwspot.train.evaluate import metrics
+from kwspot.train.mine import peaks
+from kwspot.train.scoring import score
+from kwspot.train.streams import Word
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("quality", REPO / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+WORDS = [Word("yes", 1.0, 1.5), Word("no", 4.0, 4.4), Word(UNKNOWN, 7.0, 7.5)]
+EVENTS = [("yes", 1.7), ("yes", 1.9), ("up", 7.6), ("go", 12.0)]  # a hit, a duplicate, an other word, outside
+
+
+def test_recall_and_false_accept_rows_count_hits_misses_and_hours(quality):
+    r = score(WORDS, EVENTS, seconds=1800.0, keywords=KEYWORDS)
+    assert (r["hits"], r["keywords"], r["false_accepts"]) == (1, 2, 3)
+    row = quality.recall_row("commands", r)
+    assert row.value == "50.0% / 6.0 FA/h"
+    assert row.counts == "1/2 hit, 3 FA in 0.50 h"
+    row = quality.fa_row("speech", score([], EVENTS, seconds=7200.0, keywords=KEYWORDS))
+    assert (row.value, row.counts) == ("2.0 FA/h", "4 in 2.00 h")
+
+
+def test_clip_rows_count_per_class(quality):
+    y = np.array([LABELS.index("yes")] * 3 + [LABELS.index(UNKNOWN)] * 2)
+    probs = np.zeros((5, len(LABELS)), np.float32)
+    probs[[0, 1], LABELS.index("yes")] = 1.0
+    probs[2, LABELS.index("no")] = 1.0  # a yes heard as no
+    probs[[3, 4], LABELS.index(UNKNOWN)] = 1.0
+    result = {"clips": metrics(probs, y, LABELS), "streams": {}, "ms_per_window": 0.1, "macs": None, "bytes": 1024}
+    rows = {row.name.strip(): row for row in quality.rows(result)}
+    assert rows["clip accuracy 12-way"].counts == "4/5 clips"
+    assert rows["clip accuracy 10-way"].counts == "2/3 clips"
+    assert rows["recall yes"].counts == "2/3"
+    assert rows["recall _unknown_"].counts == "2/2"
+
+
+def test_concatenate_puts_a_gap_before_and_after_each_part(quality):
+    audio = quality.concatenate([np.ones(100, np.float32), np.ones(50, np.float32)], gap_s=0.01)
+    gap = SAMPLE_RATE // 100
+    assert len(audio) == 3 * gap + 150
+    assert audio[:gap].sum() == 0 and audio.sum() == 150
+
+
+def test_mining_keeps_one_window_per_peak():
+    scores = np.array([0.1, 0.5, 0.9, 0.6, 0.1, 0.1, 0.1, 0.1, 0.2, 0.7, 0.1])
+    assert peaks(scores, 0.3, spacing=2) == [2, 9]
+    assert peaks(scores, 0.95, spacing=2) == []

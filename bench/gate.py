@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
-from quality import concatenate, material, model_outputs, replay_scored
+from quality import add_material_arguments, concatenate, material, model_outputs, replay_scored
 
 from kwspot.detector import DetectorSettings
 from kwspot.model import Model
@@ -27,10 +26,7 @@ from kwspot.train.streams import Stream
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, action="append", required=True)
-    parser.add_argument("--data", type=Path, default=Path("../shared/speech_commands"))
-    parser.add_argument("--speech", type=Path, default=Path("../shared/librispeech_negatives"))
-    parser.add_argument("--phrases", type=Path, default=Path("../shared/wake_phrases"))
+    add_material_arguments(parser)
     parser.add_argument("--pauses", default="0,100,150,200,300")
     parser.add_argument("--thresholds", default="sidecar,0.6", help="'sidecar' or a uniform threshold, comma separated")
     args = parser.parse_args(argv)

@@ -307,12 +307,17 @@ def top_false_accepts(r: dict[str, Any], key: str) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_material_arguments(parser: argparse.ArgumentParser) -> None:
+    """The models to measure and where the material lives (``../shared`` by default)."""
     parser.add_argument("--model", type=Path, action="append", required=True)
     parser.add_argument("--data", type=Path, default=Path("../shared/speech_commands"))
     parser.add_argument("--speech", type=Path, default=Path("../shared/librispeech_negatives"))
     parser.add_argument("--phrases", type=Path, default=Path("../shared/wake_phrases"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_material_arguments(parser)
     parser.add_argument("--min-pause-ms", default=None,
                         help="isolated-command gate, comma separated for several tables (default: the sidecar's "
                              "detector setting, else off)")

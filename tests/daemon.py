@@ -20,6 +20,8 @@ def write_config(path: Path, **sinks) -> Path:
 
 
 class Daemon:
+    """``kwspot listen --input -`` fed raw PCM by the test; its stdout and stderr lines read in threads."""
+
     def __init__(self, *args: str) -> None:
         env = {**os.environ, "KWSPOT_CONFIG": "", "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(kwspot_cmd("listen", "--input", "-", *args), stdin=subprocess.PIPE,
@@ -32,7 +34,7 @@ class Daemon:
     @staticmethod
     def _collect(stream, lines: list[str]) -> None:
         for line in stream:
-            lines.append(line.decode(errors="replace"))
+            lines.append(line.decode(errors="replace").rstrip("\n"))
 
     @property
     def events(self) -> list[dict]:
@@ -40,7 +42,10 @@ class Daemon:
 
     @property
     def log(self) -> str:
-        return "".join(self.err)
+        return "\n".join(self.err)
+
+    def logged(self, needle: str) -> bool:
+        return any(needle in line for line in self.err)
 
     def feed(self, pcm: bytes) -> None:
         self.proc.stdin.write(pcm)

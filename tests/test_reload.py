@@ -3,46 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clips import pcm16
+from daemon import Daemon
 
-from conftest import kwspot_cmd, wait_for, write_stream
+from conftest import wait_for, write_stream
 from kwspot.frontend import load_audio
 
 RATE = 8000
 
 
-class Daemon:
-    """``kwspot listen --input -`` fed raw 8 kHz PCM by the test; its stdout and stderr read in threads."""
+class ReloadingDaemon(Daemon):
+    """The daemon at 8 kHz, fed float audio, told to reload by SIGHUP."""
 
     def __init__(self, *args: str) -> None:
-        env = {**os.environ, "KWSPOT_CONFIG": "", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(kwspot_cmd("listen", "--input", "-", "--rate", str(RATE), *args),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=self._read, args=(stream, lines), daemon=True).start()
+        super().__init__("--rate", str(RATE), *args)
 
-    @staticmethod
-    def _read(stream, lines: list[str]) -> None:
-        for line in iter(stream.readline, b""):
-            lines.append(line.decode(errors="replace").rstrip("\n"))
-
-    def feed(self, audio: np.ndarray) -> None:
-        self.proc.stdin.write((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-        self.proc.stdin.flush()
-
-    def logged(self, needle: str) -> bool:
-        return any(needle in line for line in self.err)
+    def play(self, audio: np.ndarray) -> None:
+        self.feed(pcm16(audio, RATE))
 
     def hup_and_wait(self, needle: str) -> None:
         seen = len(self.err)
@@ -51,12 +35,8 @@ class Daemon:
         deadline = time.monotonic() + 10
         while not any(needle in line for line in self.err[seen:]):
             assert time.monotonic() < deadline, f"no {needle!r} in {self.err}"
-            self.feed(np.zeros(RATE // 10, np.float32))
+            self.play(np.zeros(RATE // 10, np.float32))
             time.sleep(0.05)
-
-    def finish(self) -> int:
-        self.proc.stdin.close()
-        return self.proc.wait(timeout=60)
 
 
 def speech(speech_commands: Path, tmp_path: Path) -> np.ndarray:
@@ -72,9 +52,9 @@ def test_sighup_keeps_the_socket_jsonl_and_threshold_from_the_command_line(tmp_p
     sock = tmp_path / "kw.sock"
     config = tmp_path / "kw.yaml"
     config.write_text("detector:\n  threshold: 0.99\nsinks:\n  jsonl: false\n  socket: null\n")
-    daemon = Daemon("--config", str(config), "--socket", str(sock), "--format", "jsonl", "--threshold", "0.05")
+    daemon = ReloadingDaemon("--config", str(config), "--socket", str(sock), "--format", "jsonl", "--threshold", "0.05")
     try:
-        daemon.feed(np.zeros(RATE, np.float32))
+        daemon.play(np.zeros(RATE, np.float32))
         wait_for(lambda: daemon.logged("serving events on"), 30, "the socket")  # bound and listening
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(str(sock))
@@ -82,7 +62,7 @@ def test_sighup_keeps_the_socket_jsonl_and_threshold_from_the_command_line(tmp_p
         reloaded = next(line for line in daemon.err if "configuration reloaded" in line)
         assert "threshold 0.05" in reloaded and "jsonl" in reloaded and "socket" in reloaded, reloaded
         assert sock.exists()
-        daemon.feed(speech(speech_commands, tmp_path))
+        daemon.play(speech(speech_commands, tmp_path))
         assert daemon.finish() == 0, daemon.err
     finally:
         if daemon.proc.poll() is None:
@@ -92,7 +72,7 @@ def test_sighup_keeps_the_socket_jsonl_and_threshold_from_the_command_line(tmp_p
     while chunk := client.recv(65536):
         received += chunk
     client.close()
-    stdout_events = [json.loads(line) for line in daemon.out]
+    stdout_events = daemon.events
     socket_events = [json.loads(line) for line in received.decode().splitlines()]
     assert stdout_events, daemon.err  # JSON lines still flow after the reload
     assert [e["keyword"] for e in socket_events] == [e["keyword"] for e in stdout_events]  # and the same client
@@ -110,15 +90,15 @@ def test_a_bad_config_on_sighup_is_refused_and_the_daemon_goes_on(tmp_path, bad,
     sock = tmp_path / "kw.sock"
     config = tmp_path / "kw.yaml"
     config.write_text("detector:\n  threshold: 0.7\n")
-    daemon = Daemon("--config", str(config), "--socket", str(sock), "--format", "jsonl")
+    daemon = ReloadingDaemon("--config", str(config), "--socket", str(sock), "--format", "jsonl")
     try:
-        daemon.feed(np.zeros(RATE, np.float32))
+        daemon.play(np.zeros(RATE, np.float32))
         wait_for(sock.exists, 30, "the socket")
         config.write_bytes(bad)
         daemon.hup_and_wait("reload refused")
         refused = next(line for line in daemon.err if "reload refused" in line)
         assert needle in refused and len(refused) < 300, refused
-        daemon.feed(np.zeros(RATE, np.float32))
+        daemon.play(np.zeros(RATE, np.float32))
         assert daemon.proc.poll() is None and sock.exists()
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(timeout=30) == 0, daemon.err

@@ -1,4 +1,4 @@
-"""What evaluation prints and draws: clip and stream reports, the config snippet, plots, the models table."""
+"""What evaluation prints and draws: clip and stream reports, the config snippet, plots."""
 
 from __future__ import annotations
 
@@ -11,35 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from kwspot.errors import KwspotError
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None or x != x else f"{100 * x:.1f}%"
-
-    lines = ["| | " + " | ".join(f"`{r['arch']}`" for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
-    spec = [
-        ("clip accuracy, 12-way", lambda r: pct(r["accuracy_12"])),
-        ("clip accuracy, 10-way", lambda r: pct(r["accuracy_10"])),
-        ("stream over noise (20/10/5 dB): recall", lambda r: pct(r["noisy"]["recall"])),
-        ("stream over noise: false accepts/hour (% of keywords)",
-         lambda r: f"{r['noisy']['fa_per_hour']:.1f} ({pct(r['noisy']['fa_per_keyword'])})"),
-        ("clean stream: recall", lambda r: pct(r["clean"]["recall"])),
-        ("clean stream: false accepts/hour", lambda r: f"{r['clean']['fa_per_hour']:.1f}"),
-        ("median latency after the word (noisy stream)", lambda r: f"{r['noisy']['latency_median_s']:.2f} s"),
-        ("an hour of other words over noise: false accepts", lambda r: f"{r['other_words_hour']['false_accepts']}"),
-        ("continuous speech: false accepts/hour",
-         lambda r: f"{r['speech']['fa_per_hour']:.1f} ({r['speech']['false_accepts']} in "
-                   f"{r['speech']['seconds'] / 60:.1f} min)" if "speech" in r else "n/a"),
-        ("multiply-accumulates per window", lambda r: f"{r['macs'] / 1e6:.2f} M" if r["macs"] else "n/a"),
-        ("parameters", lambda r: f"{r['params']:,}" if r["params"] else "n/a"),
-        ("LiteRT size", lambda r: f"{r['bytes'] / 1024:.0f} KiB"),
-        ("LiteRT time per window (1 thread)",
-         lambda r: f"{r['ms_per_window']:.2f} ms" if r["ms_per_window"] else "n/a"),
-    ]
-    for name, cell in spec:
-        lines.append(f"| {name} | " + " | ".join(cell(r) for r in rows) + " |")
-    return "\n".join(lines)
 
 
 def print_clip_report(report: dict[str, Any], console: Console) -> None:

@@ -23,6 +23,9 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="config file (default: $KWSPOT_CONFIG, /etc/kwspot, ~/.config)")
     src = p.add_argument_group("audio")
     src.add_argument("--device", "-d", metavar="ID", help="input device: index or part of its name")
+    src.add_argument("--backend", choices=["auto", "pulse", "portaudio"],
+                     help="capture through PulseAudio/PipeWire or PortAudio (default auto: the sound server "
+                     "for the default input when one runs)")
     src.add_argument("--rate", "-r", type=Number(1000, 384000, integer=True), metavar="HZ",
                      help="capture rate (default: the device's; stdin 16000)")
     src.add_argument("--input", "-i", metavar="FILE", help="read a WAV/FLAC file, or '-' for raw S16_LE mono on stdin")
@@ -151,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     sources = sys.modules.get("kwspot.sources")
-    if sources is not None and sources.MicSource.hung:
-        # PortAudio is stuck in a call that never returns; its exit hook would hang too.
+    if sources is not None and sources.LiveSource.hung:
+        # The sound system is stuck in a call that never returns; its exit hooks would hang too.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

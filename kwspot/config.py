@@ -26,7 +26,7 @@ SYSTEM_CONFIG = Path("/etc/kwspot/config.yaml")
 MAX_CONFIG_BYTES = 256 * 1024
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "audio": {"device": None, "rate": None, "block_ms": 100, "max_lag_ms": 500},
+    "audio": {"backend": "auto", "device": None, "rate": None, "block_ms": 100, "max_lag_ms": 500},
     "model": {"path": None, "threads": 1},
     "detector": {
         "hop_ms": 100,
@@ -67,6 +67,7 @@ def _thresholds(key: str, value: Any) -> dict[str, float]:
 
 
 CHECKS: dict[str, Check] = {
+    "audio.backend": choice("auto", "pulse", "portaudio"),
     "audio.device": optional(_device),
     "audio.rate": optional(number(1000, 384000, integer=True)),
     "audio.block_ms": number(5, 500, integer=True),

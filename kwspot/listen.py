@@ -31,6 +31,7 @@ from kwspot.model import Model, bundled_model_path
 from kwspot.modelfile import check_thresholds
 from kwspot.notify import SystemdNotifier
 from kwspot.pipeline import Pipeline, level_db
+from kwspot.pulse_source import PulseSource, choose_backend
 from kwspot.settings import Settings, resolve
 from kwspot.sinks import SinkContext, Status, build_sinks, close_sinks, reconcile, sink_alive, spec_of
 from kwspot.sources import FileSource, MicSource, Source, StdinSource, is_pipe_like
@@ -105,7 +106,10 @@ def open_source(request: ListenRequest, settings: Settings) -> Source:
         return StdinSource(rate=request.stdin_rate, block_ms=block_ms, path=request.input)
     if request.input:
         return FileSource(request.input, realtime=not request.fast, block_ms=block_ms)
-    return MicSource(settings["audio"]["device"], settings["audio"]["rate"], block_ms)
+    audio = settings["audio"]
+    if choose_backend(audio["backend"], audio["device"]) == "pulse":
+        return PulseSource(audio["device"], audio["rate"], block_ms)
+    return MicSource(audio["device"], audio["rate"], block_ms)
 
 
 NO_SINK = ("events would go nowhere: stdout is not a terminal and no sink is set; add --format jsonl "
@@ -313,6 +317,7 @@ class Listener:
 
     def close(self) -> None:
         self.notifier.stopping()
+        gc.unfreeze()  # let the exit's collection free start-up objects (soxr's, else nanobind reports leaks)
         try:
             self.source.close()
         finally:

@@ -21,6 +21,7 @@ Settings = dict[str, dict[str, Any]]
 def listen_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The settings ``kwspot listen``'s flags set, as ``section.key`` -> value (only those given)."""
     flags: dict[str, Any] = {
+        "audio.backend": args.backend,
         "audio.device": args.device,
         "audio.rate": args.rate if args.input != "-" else None,  # on stdin, --rate describes the pipe
         "model.path": args.model,

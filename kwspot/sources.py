@@ -25,7 +25,7 @@ from kwspot.frontend import SAMPLE_RATE, StreamResampler, open_audio, to_mono
 from kwspot.paths import shown
 from kwspot.pipe_source import StdinSource, is_pipe_like
 
-__all__ = ["FileSource", "MicSource", "Source", "StdinSource", "is_pipe_like", "with_tail"]
+__all__ = ["FileSource", "LiveSource", "MicSource", "Source", "StdinSource", "is_pipe_like", "with_tail"]
 
 log = logging.getLogger("kwspot")
 EMPTY = np.zeros(0, dtype=np.float32)
@@ -145,17 +145,17 @@ def sound_server_fragments(block_ms: int) -> Iterator[None]:
 
 
 class AudioSystemHung(KwspotError):
-    """A PortAudio call never returned (e.g. a frozen sound server): only a restart helps."""
+    """A call into the sound system never returned (e.g. a frozen sound server): only a restart helps."""
 
 
-class MicSource(Source):
-    """A sounddevice input stream whose callback only copies blocks into a queue.
+class LiveSource(Source):
+    """A live input whose producer thread only puts blocks into a queue; the main loop reads them.
 
-    The device is opened at its own default rate (or ``rate``) and resampled
-    here, in the main loop. If the stream dies or stops delivering audio,
-    ``read`` reopens it with backoff and logs what happened; it never gives up.
-    Calls that talk to the sound server run in a worker thread with a time
-    limit, so a frozen server cannot freeze the loop (or its signal handling).
+    A subclass opens its stream in ``_open`` (setting ``rate``, ``description`` and ``_resampler``) and
+    hands each captured block to ``_push``. If the stream dies or stops delivering audio, ``read`` closes it
+    and reopens it with backoff, logging what happened; it never gives up. Calls that talk to the sound
+    system run in a worker thread with a time limit, so a frozen server cannot freeze the loop (or its
+    signal handling).
     """
 
     STALL_S = 2.0  # no audio for this long means the stream is dead
@@ -163,26 +163,50 @@ class MicSource(Source):
     FIRST_BACKOFF_S = 1.0
     MAX_BACKOFF_S = 30.0
     CALL_TIMEOUT_S = 5.0
-    hung = False  # set once a PortAudio call never returned; PortAudio is not touched again
+    hung = False  # set once a sound-system call never returned; it is not touched again
+    errors: tuple[type[BaseException], ...] = (KwspotError,)  # what a failed reopen raises
 
-    def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
-        self._sd = import_sounddevice()
-        self._wanted_device = device
-        self._wanted_rate = rate
+    def __init__(self, block_ms: int) -> None:
         self._block_ms = block_ms
         self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=max(4, 4000 // block_ms))
-        self.overflows = 0  # blocks PortAudio reported as overflowed
+        self.overflows = 0  # blocks the sound system reported as overflowed
         self.dropped_blocks = 0  # blocks lost because the main loop fell behind
         self.reconnects = 0
-        self._stream: Any = None
+        self._open_now = False
         self._last_audio = time.monotonic()
         self._retry_at = 0.0
         self._backoff = self.FIRST_BACKOFF_S
-        self._guarded(self._open, "opening the input device")
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _alive(self) -> bool:
+        """Whether the stream still runs (it may be alive and silent: see STALL_S)."""
+        raise NotImplementedError
+
+    def _stop_stream(self) -> None:
+        raise NotImplementedError
+
+    def _reinitialize(self) -> None:
+        """Reopen after a loss (a subclass may first restart its library)."""
+        self._open()
+
+    def _opened(self) -> None:
+        self._open_now = True
+        self._last_audio = time.monotonic() + self.FIRST_AUDIO_S - self.STALL_S
+
+    def _push(self, block: np.ndarray, overflow: bool = False) -> None:
+        """Producer side: queue one captured block (mono or frames x channels)."""
+        if overflow:
+            self.overflows += 1
+        try:
+            self._queue.put_nowait(block)
+        except queue.Full:
+            self.dropped_blocks += 1
 
     def _guarded(self, call: Callable[[], None], what: str) -> None:
-        """Run a PortAudio call in a worker thread; raise AudioSystemHung if it does not return in time."""
-        if MicSource.hung:
+        """Run a sound-system call in a worker thread; raise AudioSystemHung if it does not return in time."""
+        if LiveSource.hung:
             raise AudioSystemHung("audio system hung earlier; not touching it again")
         done = threading.Event()
         errors: list[BaseException] = []
@@ -195,15 +219,90 @@ class MicSource(Source):
             finally:
                 done.set()
 
-        threading.Thread(target=run, name="portaudio-call", daemon=True).start()
+        threading.Thread(target=run, name="audio-call", daemon=True).start()
         if not done.wait(self.CALL_TIMEOUT_S):
-            MicSource.hung = True
+            LiveSource.hung = True
             raise AudioSystemHung(
                 f"audio system hung: {what} did not return in {self.CALL_TIMEOUT_S:g} s "
                 "(sound server frozen?); exiting so that kwspot can be restarted"
             )
         if errors:
             raise errors[0]
+
+    def backlog_samples(self) -> int:
+        """Audio waiting in the queue, in 8 kHz samples."""
+        return self._queue.qsize() * SAMPLE_RATE * self._block_ms // 1000
+
+    def drain(self) -> int:
+        """Throw away what is queued (we fell behind); returns the 8 kHz samples dropped."""
+        dropped = 0
+        while True:
+            try:
+                dropped += len(self._queue.get_nowait())
+            except queue.Empty:
+                return dropped * SAMPLE_RATE // self.rate
+
+    def read(self, timeout: float) -> np.ndarray | None:
+        if not self._open_now:
+            return self._retry(timeout)
+        try:
+            block = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            alive = self._alive()
+            if not alive or time.monotonic() - self._last_audio > self.STALL_S:
+                reason = "stream stopped" if not alive else f"no audio for {self.STALL_S:g} s"
+                log.warning("audio input lost (%s); reopening", reason)
+                self._close_stream()
+                self._retry_at = time.monotonic()
+            return EMPTY
+        self._last_audio = time.monotonic()
+        self._backoff = self.FIRST_BACKOFF_S
+        return self._resampler.process(to_mono(block))
+
+    def _retry(self, timeout: float) -> np.ndarray:
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, timeout))
+            return EMPTY
+        try:
+            self._guarded(self._reinitialize, "reopening the input device")
+        except AudioSystemHung:
+            raise
+        except self.errors as exc:
+            log.warning("audio input still unavailable (%s); next try in %.0f s", exc, self._backoff)
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, self.MAX_BACKOFF_S)
+            return EMPTY
+        self.reconnects += 1
+        log.info("audio input back: %s", self.description)
+        return EMPTY
+
+    def _close_stream(self) -> None:
+        if self._open_now and not LiveSource.hung:
+            self._open_now = False
+            self._guarded(self._stop_stream, "closing the input stream")
+        self._open_now = False
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def close(self) -> None:
+        self._close_stream()
+
+
+class MicSource(LiveSource):
+    """A sounddevice (PortAudio) input stream whose callback only copies blocks into the queue.
+
+    The device is opened at its own default rate (or ``rate``) and resampled here, in the main loop.
+    """
+
+    def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
+        super().__init__(block_ms)
+        self._sd = import_sounddevice()
+        self.errors = (KwspotError, self._sd.PortAudioError)
+        self._wanted_device = device
+        self._wanted_rate = rate
+        self._stream: Any = None
+        self._guarded(self._open, "opening the input device")
 
     def _open(self) -> None:
         info = resolve_device(self._wanted_device)
@@ -228,62 +327,13 @@ class MicSource(Source):
                 last_error, self._stream = exc, None
         if self._stream is None:
             raise KwspotError(f"cannot open input device {info['name']!r} at {self.rate} Hz ({last_error})")
-        self._last_audio = time.monotonic() + self.FIRST_AUDIO_S - self.STALL_S
+        self._opened()
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        if status.input_overflow:
-            self.overflows += 1
-        try:
-            self._queue.put_nowait(indata.copy())
-        except queue.Full:
-            self.dropped_blocks += 1
+        self._push(indata.copy(), overflow=bool(status.input_overflow))
 
-    def backlog_samples(self) -> int:
-        """Audio waiting in the queue, in 8 kHz samples."""
-        return self._queue.qsize() * SAMPLE_RATE * self._block_ms // 1000
-
-    def drain(self) -> int:
-        """Throw away what is queued (we fell behind); returns the 8 kHz samples dropped."""
-        dropped = 0
-        while True:
-            try:
-                dropped += len(self._queue.get_nowait())
-            except queue.Empty:
-                return dropped * SAMPLE_RATE // self.rate
-
-    def read(self, timeout: float) -> np.ndarray | None:
-        if self._stream is None:
-            return self._retry(timeout)
-        try:
-            block = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            if not self._stream.active or time.monotonic() - self._last_audio > self.STALL_S:
-                reason = "stream stopped" if not self._stream.active else f"no audio for {self.STALL_S:g} s"
-                log.warning("audio input lost (%s); reopening", reason)
-                self._close_stream()
-                self._retry_at = time.monotonic()
-            return EMPTY
-        self._last_audio = time.monotonic()
-        self._backoff = self.FIRST_BACKOFF_S
-        return self._resampler.process(to_mono(block))
-
-    def _retry(self, timeout: float) -> np.ndarray:
-        wait = self._retry_at - time.monotonic()
-        if wait > 0:
-            time.sleep(min(wait, timeout))
-            return EMPTY
-        try:
-            self._guarded(self._reinitialize, "reopening the input device")
-        except AudioSystemHung:
-            raise
-        except (KwspotError, self._sd.PortAudioError) as exc:
-            log.warning("audio input still unavailable (%s); next try in %.0f s", exc, self._backoff)
-            self._retry_at = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, self.MAX_BACKOFF_S)
-            return EMPTY
-        self.reconnects += 1
-        log.info("audio input back: %s", self.description)
-        return EMPTY
+    def _alive(self) -> bool:
+        return self._stream is not None and self._stream.active
 
     def _reinitialize(self) -> None:
         """Restart PortAudio (so it sees devices and servers that came back), then open the device."""
@@ -292,20 +342,11 @@ class MicSource(Source):
         release_alsa_plugins()
         self._open()
 
-    def _close_stream(self) -> None:
+    def _stop_stream(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None and not MicSource.hung:
-
-            def stop() -> None:
-                try:
-                    stream.abort()
-                    stream.close()
-                except self._sd.PortAudioError:
-                    pass
-
-            self._guarded(stop, "closing the input stream")
-        while not self._queue.empty():
-            self._queue.get_nowait()
-
-    def close(self) -> None:
-        self._close_stream()
+        if stream is not None:
+            try:
+                stream.abort()
+                stream.close()
+            except self._sd.PortAudioError:
+                pass

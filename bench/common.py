@@ -393,10 +393,11 @@ PULSE_TOOLS = ("pulseaudio", "pactl", "parec", "pacat", "paplay")
 
 
 @contextlib.contextmanager
-def pulse_server(rate: int = 48000, pipe: Path | None = None) -> Iterator[dict[str, str]]:
+def pulse_server(rate: int = 48000, pipe: Path | None = None, reader_ms: int = 20) -> Iterator[dict[str, str]]:
     """A private PulseAudio with a null sink ``kwsink`` whose monitor is the default source; yields its env.
 
-    A ``parec --latency-msec=20`` reader keeps the monitor running (as tests/test_live_pulse.py does).
+    A ``parec --latency-msec=READER_MS`` reader keeps the monitor running (as tests/test_live_pulse.py does);
+    the source then posts audio in fragments of at most that, waking every capture client as often.
     With ``pipe``, the default source is instead ``kwpipe``, a pipe source reading 8 kHz S16_LE mono from
     that FIFO: audio written there reaches capture clients like a microphone's, with no playback stream
     in between (the null sink's own buffering, up to seconds, would otherwise add to any latency measured).
@@ -431,7 +432,7 @@ def pulse_server(rate: int = 48000, pipe: Path | None = None) -> Iterator[dict[s
                     raise Unavailable(f"module-pipe-source did not load: {loaded.stderr.strip()}")
                 default = "kwpipe"
             subprocess.run(["pactl", "set-default-source", default], env=env, check=True)
-            reader = subprocess.Popen(["parec", "--latency-msec=20", "-d", "kwsink.monitor"], env=env,
+            reader = subprocess.Popen(["parec", f"--latency-msec={reader_ms}", "-d", "kwsink.monitor"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             env["BENCH_PULSE_PID"] = str(server.pid)
             yield env

@@ -5,7 +5,11 @@
 Modes: ``file`` plays a stream of Speech Commands keywords with 1.5 s gaps over faint noise through
 ``--input FILE`` (real-time file source); ``pulse`` (with ``--pulse``) starts a private PulseAudio with a
 null sink whose monitor is the default source, plays the same stream into the sink with paplay, and kwspot
-captures the default device. The daemon runs with ``--socket`` and one client attached, as deployed.
+captures the default device straight from the server (``audio.backend: auto`` picks libpulse-simple);
+``pulse-portaudio`` is the same through PortAudio and its ALSA plugin (``--backend portaudio``). The server
+also serves a 20 ms ``parec`` reader (without one a new capture stream gets no audio for ~2 s): its short
+fragments wake every client of the monitor more often than a lone capture would. The daemon runs with
+``--socket`` and one client attached, as deployed.
 
 CPU: utime+stime of the daemon (all threads, /proc/PID/stat) over the measured window divided by its wall
 time, in percent of one core; the window starts ``--warmup`` seconds after the "listening on" log line.
@@ -49,12 +53,17 @@ from kwspot.model import bundled_model_path
 MIB = 1024.0
 
 
-def listen_args(model: Path, sock: Path, wav: Path | None) -> list[str]:
+BACKEND_FLAGS = {"pulse-portaudio": ["--backend", "portaudio"]}  # mode -> its extra flags
+
+
+def listen_args(model: Path, sock: Path, wav: Path | None, extra: list[str]) -> list[str]:
     source = ["--input", str(wav)] if wav is not None else []
-    return ["listen", *source, "--model", str(model), "--socket", str(sock), "--no-console", "--log-level", "info"]
+    return ["listen", *source, "--model", str(model), "--socket", str(sock), "--no-console", "--log-level", "info",
+            *extra]
 
 
-def startup(args: argparse.Namespace, model: Path, wav: Path | None, env: dict[str, str], tmp: Path) -> dict:
+def startup(args: argparse.Namespace, model: Path, wav: Path | None, env: dict[str, str], tmp: Path,
+            extra: list[str]) -> dict:
     """Median and worst start-up times over ``args.startup_runs`` fresh processes."""
     ready, first = [], []
     runs = range(args.startup_runs)
@@ -64,7 +73,8 @@ def startup(args: argparse.Namespace, model: Path, wav: Path | None, env: dict[s
         runs = range(-1, args.startup_runs)
     for i in runs:
         sock = tmp / f"start{i}.sock"
-        daemon = Daemon(kwspot_cmd(*listen_args(model, sock, wav), pin=args.pin, mark_first_inference=True), env)
+        daemon = Daemon(kwspot_cmd(*listen_args(model, sock, wav, extra), pin=args.pin, mark_first_inference=True),
+                        env)
         try:
             times = daemon.wait_line("listening on")[0] - daemon.started, daemon.first_inference() - daemon.started
             if i >= 0:
@@ -76,10 +86,10 @@ def startup(args: argparse.Namespace, model: Path, wav: Path | None, env: dict[s
 
 
 def steady_run(args: argparse.Namespace, model: Path, wav: Path | None, env: dict[str, str], tmp: Path,
-               play: list[str] | None) -> dict:
+               play: list[str] | None, extra: list[str]) -> dict:
     """Run the daemon for warm-up + ``args.seconds``; sample it; return CPU share, RSS and events seen."""
     sock = tmp / "steady.sock"
-    daemon = Daemon(kwspot_cmd(*listen_args(model, sock, wav), pin=args.pin), env)
+    daemon = Daemon(kwspot_cmd(*listen_args(model, sock, wav, extra), pin=args.pin), env)
     player = None
     pulse_pid = int(env.get("BENCH_PULSE_PID", 0))
     try:
@@ -121,18 +131,19 @@ def run_mode(mode: str, args: argparse.Namespace, model: Path, tmp: Path, env: d
     stream = build_stream(words=words, gap_s=1.5)
     wav = write_wav(tmp / "stream.wav", stream.audio)
     source, play = (wav, None) if mode == "file" else (None, ["paplay", "-d", "kwsink", str(wav)])
+    extra = BACKEND_FLAGS.get(mode, [])
     variants = [("", env)]
-    if args.baseline:  # the same measurement of another kwspot source tree, in the same run
+    if args.baseline and not extra:  # the same measurement of another kwspot tree (which may predate the flag)
         # PYTHONSAFEPATH: the working directory (this checkout) must not come before the baseline on sys.path
         variants.insert(0, (" (baseline)", {**env, "PYTHONPATH": str(args.baseline.resolve()), "PYTHONSAFEPATH": "1"}))
     rows = []
     for label, variant_env in variants:
-        starts = startup(args, model, source, variant_env, tmp)
-        run = steady_run(args, model, source, variant_env, tmp, play)
+        starts = startup(args, model, source, variant_env, tmp, extra)
+        run = steady_run(args, model, source, variant_env, tmp, play, extra)
         args.notes.append(f"{mode}{label}: {stream.source}, {len(stream.words)} words in {stream.seconds:.0f} s; "
                           f"{run['events']} events reached the client during the run")
         if run["pulse_cpu"] is not None:
-            args.notes.append(f"pulse{label}: the PulseAudio server itself used {run['pulse_cpu']:.1f}% of a core "
+            args.notes.append(f"{mode}{label}: the PulseAudio server itself used {run['pulse_cpu']:.1f}% of a core "
                               "(null sink + monitor + parec reader; not counted above)")
         rows.append([
             mode + label, "CPU 0" if args.pin else "no", fmt(run["measured"], 0, " s"),
@@ -166,12 +177,12 @@ def main() -> int:
         print_table("kwspot listen", ["mode"], [], [f"nothing measured: {exc}"])
         return 1
     rows = []
-    modes = ([] if args.no_file else ["file"]) + (["pulse"] if args.pulse else [])
+    modes = ([] if args.no_file else ["file"]) + (["pulse", "pulse-portaudio"] if args.pulse else [])
     with tempfile.TemporaryDirectory(prefix="kwspot-bench-") as tmpdir:
         tmp = Path(tmpdir)
         for mode in modes:
             try:
-                if mode == "pulse":
+                if mode.startswith("pulse"):
                     with pulse_server() as env:
                         rows += run_mode(mode, args, model, tmp, daemon_env(env))
                 else:

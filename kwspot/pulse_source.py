@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,8 @@ class PulseSource(LiveSource):
     by its reader thread, which frees it; a loss ends the thread and the main loop reopens with backoff.
     """
 
+    EARLY_S = 0.015  # wake this long before a block is due
+
     def __init__(self, device: str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
         super().__init__(block_ms)
         try:
@@ -102,12 +105,19 @@ class PulseSource(LiveSource):
         self._opened()
 
     def _capture(self, connection: object, block_bytes: int, stop: threading.Event) -> None:
-        """Reader thread: blocking reads of one block each, until stopped or the server goes."""
+        """Reader thread: blocking reads of one block each, until stopped or the server goes.
+
+        Between reads it sleeps until the next block is nearly complete: a read waits for every fragment
+        the server sends (every 20 ms or less when another client asks for low latency), one wake-up each.
+        """
+        block_s = self._block_ms / 1000
         try:
             while not stop.is_set():
                 data = connection.read(block_bytes)  # type: ignore[attr-defined]
+                returned = time.monotonic()
                 if not stop.is_set():
                     self._push(np.frombuffer(data, dtype=np.float32))
+                stop.wait(max(0.0, returned + block_s - self.EARLY_S - time.monotonic()))
         except self._pa.PaSimpleError:
             pass  # the main loop sees the thread gone and reopens
         finally:

@@ -2,9 +2,11 @@
 
 A model is two files: ``NAME.tflite`` and ``NAME.json``; the sidecar
 (:mod:`kwspot.modelfile`) says which labels the outputs are, which of them
-fire, and how long a window the model takes. The model takes a float32
-batch of raw 8 kHz windows in [-1, 1] of shape (1, window_samples) and
-returns one probability per label. No audio I/O.
+fire, and how long a window the model takes. ``predict`` takes one raw
+8 kHz window in [-1, 1] and returns one probability per label. The LiteRT
+model takes that window as (1, window_samples), or, where the sidecar names
+a log-mel front end (:mod:`kwspot.features`), its features as (1, frames,
+mels), computed here in numpy. No audio I/O.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from kwspot import modelfile
 from kwspot.errors import KwspotError
+from kwspot.features import LogMelFrontEnd
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.modelfile import sidecar_path  # noqa: F401 - re-exported for callers of kwspot.model
 from kwspot.paths import checked, shown
@@ -79,14 +82,15 @@ class Model:
             raise KwspotError(f"{self.path}: model must have one input and one output")
         self._input = inputs[0]
         self._output = outputs[0]
-        shape = tuple(int(d) for d in self._input["shape"])
-        if len(shape) != 2 or shape[0] != 1:
-            raise KwspotError(f"{self.path}: model input shape {shape}, expected (1, samples)")
         self.window_samples = self.file.window_samples
-        if shape[1] != self.window_samples:
-            raise KwspotError(
-                f"{self.path}: model input is {shape[1]} samples; its sidecar says {self.window_samples}"
-            )
+        spec = self.file.features
+        self.front_end = None if spec is None else LogMelFrontEnd(spec, self.window_samples, SAMPLE_RATE)
+        expected = (1, self.window_samples) if spec is None else (1, spec.frames(self.window_samples), spec.mels)
+        shape = tuple(int(d) for d in self._input["shape"])
+        if shape != expected:
+            fed = "samples" if spec is None else "log-mel frames x bands"
+            raise KwspotError(f"{self.path}: model input shape {shape}; its sidecar says {expected} ({fed})")
+        self._input_shape = expected
         out_shape = tuple(int(d) for d in self._output["shape"])
         if out_shape[-1] != len(self.labels):
             raise KwspotError(f"{self.path}: model gives {out_shape[-1]} scores for {len(self.labels)} labels")
@@ -108,7 +112,8 @@ class Model:
 
     def predict(self, window: np.ndarray) -> np.ndarray:
         """Probabilities for one raw 8 kHz window of ``window_samples`` floats."""
-        window = np.asarray(window, dtype=np.float32).reshape(1, self.window_samples)
-        self._interpreter.set_tensor(self._input["index"], window)
+        window = np.asarray(window, dtype=np.float32).reshape(self.window_samples)
+        fed = window if self.front_end is None else self.front_end(window)
+        self._interpreter.set_tensor(self._input["index"], fed.reshape(self._input_shape))
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"])[0].astype(np.float32)

@@ -4,6 +4,8 @@ The sidecar is the contract between training and the daemon::
 
     {"labels": ["_silence_", "_unknown_", "yes", ...],   # one per model output
      "sample_rate": 8000, "window_samples": 8000,       # what the model is fed
+     "features": {"kind": "logmel", "frame": 256, ...},  # optional: a numpy front end feeds the model
+                                                        # (kwspot.features); absent: the raw window
      "thresholds": {"yes": 0.8, ...},                   # optional, per keyword
      "verifier": {"head": "NAME.verifier.npz",          # optional second stage (kwspot.verifier)
                   "threshold": 0.5, "thresholds": {"yes": 0.4, ...}},
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kwspot.errors import KwspotError
+from kwspot.features import LogMelSpec
 
 
 def keywords_of(labels: Iterable[str]) -> tuple[str, ...]:
@@ -56,6 +59,7 @@ class ModelFile:
     thresholds: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # the whole JSON object, training facts included
     verifier: VerifierFile | None = None
+    features: LogMelSpec | None = None  # None: the model takes the raw window
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -97,6 +101,35 @@ def _verifier(value: Any, keywords: tuple[str, ...], path: Path) -> VerifierFile
     return VerifierFile(path.parent / head, float(threshold), thresholds)
 
 
+def _features(value: Any, window_samples: int, sample_rate: int, path: Path) -> LogMelSpec | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("kind") != "logmel":
+        raise KwspotError(f"{path}: sidecar 'features' must be {{\"kind\": \"logmel\", ...}}")
+    where = f"{path}: features"
+    ints = {key: _whole(value, key, 0, path) for key in ("frame", "hop", "fft", "mels")}
+    if ints["fft"] < ints["frame"] or ints["frame"] > window_samples:
+        raise KwspotError(f"{where}: frame {ints['frame']} must fit both fft {ints['fft']} and the window")
+    reals = {}
+    for key in ("fmin", "fmax", "floor"):
+        number = value.get(key)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < 1e6:
+            raise KwspotError(f"{where}.{key} must be a number, not {number!r:.40}")
+        reals[key] = float(number)
+    if not 0 <= reals["fmin"] < reals["fmax"] <= sample_rate / 2 or reals["floor"] <= 0:
+        raise KwspotError(f"{where}: need 0 <= fmin < fmax <= {sample_rate / 2:g} and floor > 0")
+    bands = {}
+    for key in ("mean", "std"):
+        numbers = value.get(key)
+        if (not isinstance(numbers, list) or len(numbers) != ints["mels"]
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e6 for x in numbers)):
+            raise KwspotError(f"{where}.{key} must be a list of {ints['mels']} numbers")
+        bands[key] = tuple(float(x) for x in numbers)
+    if min(bands["std"]) <= 0:
+        raise KwspotError(f"{where}.std must be positive")
+    return LogMelSpec(**ints, **reals, **bands)
+
+
 def check(meta: Any, path: Path) -> ModelFile:
     """Check a parsed sidecar; every problem is one line naming the file."""
     labels = meta.get("labels") if isinstance(meta, dict) else None
@@ -107,14 +140,17 @@ def check(meta: Any, path: Path) -> ModelFile:
     if not keywords_of(labels):
         raise KwspotError(f"{path}: sidecar 'labels' name no keyword (every label starts with '_')")
     thresholds = check_thresholds(meta.get("thresholds") or {}, keywords_of(labels), f"{path}: thresholds")
+    sample_rate = _whole(meta, "sample_rate", 8000, path)
+    window_samples = _whole(meta, "window_samples", 8000, path)
     return ModelFile(
         path=path,
         labels=tuple(labels),
-        sample_rate=_whole(meta, "sample_rate", 8000, path),
-        window_samples=_whole(meta, "window_samples", 8000, path),
+        sample_rate=sample_rate,
+        window_samples=window_samples,
         thresholds=thresholds,
         meta=meta,
         verifier=_verifier(meta.get("verifier"), keywords_of(labels), path),
+        features=_features(meta.get("features"), window_samples, sample_rate, path),
     )
 
 

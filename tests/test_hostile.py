@@ -209,6 +209,42 @@ def test_bad_sidecar_thresholds_are_one_line(tmp_path, case):
     assert_exit_2(result, "m.json", needle)
 
 
+GOOD_FEATURES = {"kind": "logmel", "frame": 256, "hop": 80, "fft": 256, "mels": 40, "fmin": 20.0, "fmax": 4000.0,
+                 "floor": 1e-6, "mean": [0.0] * 40, "std": [1.0] * 40}
+SIDECAR_FEATURES = {
+    "not a mapping": ("logmel", "sidecar 'features' must be"),
+    "another kind": ({**GOOD_FEATURES, "kind": "mfcc"}, "sidecar 'features' must be"),
+    "frame as a word": ({**GOOD_FEATURES, "frame": "256"}, "'frame' must be a positive whole number"),
+    "hop zero": ({**GOOD_FEATURES, "hop": 0}, "'hop' must be a positive whole number"),
+    "frame past fft": ({**GOOD_FEATURES, "frame": 512}, "must fit both fft"),
+    "fmax NaN": ({**GOOD_FEATURES, "fmax": float("nan")}, "features.fmax must be a number"),
+    "fmax past Nyquist": ({**GOOD_FEATURES, "fmax": 5000.0}, "fmax <= 4000"),
+    "mean too short": ({**GOOD_FEATURES, "mean": [0.0] * 39}, "features.mean must be a list of 40 numbers"),
+    "std with a word": ({**GOOD_FEATURES, "std": ["x"] * 40}, "features.std must be a list of 40 numbers"),
+    "std zero": ({**GOOD_FEATURES, "std": [0.0] * 40}, "features.std must be positive"),
+}
+
+
+@pytest.mark.parametrize("case", [*SIDECAR_FEATURES, "features on a raw-input model", "no features on a feature model"])
+def test_bad_sidecar_features_are_one_line(tmp_path, case):
+    model = tmp_path / "m.tflite"
+    shutil.copy(bundled_model_path(), model)
+    meta = json.loads(sidecar_path(bundled_model_path()).read_text())
+    raw_input = "features" not in meta
+    if case in SIDECAR_FEATURES:
+        meta["features"], needle = SIDECAR_FEATURES[case]
+    elif case == "features on a raw-input model" and raw_input:
+        meta["features"], needle = GOOD_FEATURES, "model input shape (1, 8000)"
+    elif case == "no features on a feature model" and not raw_input:
+        del meta["features"]
+        needle = "model input shape (1, 97, 40)"
+    else:
+        pytest.skip(f"the bundled model {'takes the raw window' if raw_input else 'takes features'}")
+    sidecar_path(model).write_text(json.dumps(meta))
+    result = run("predict", "--model", str(model), str(tone(tmp_path / "t.wav")), text=True)
+    assert_exit_2(result, "m.", needle)
+
+
 # ---- item 7: every path option, the same bad paths ----------------------------------------------------------
 
 SUFFIX = {"audio": ".wav", "model": ".tflite", "config": ".yaml", "socket": ".sock"}

@@ -1,4 +1,9 @@
-"""Export a trained Keras model to LiteRT (float32, or dynamic-range when it keeps accuracy) with its sidecar."""
+"""Export a trained Keras model to LiteRT (float32, or dynamic-range when it keeps accuracy) with its sidecar.
+
+A model with the in-graph log-mel layer is exported without it: the ``.tflite`` takes the normalised
+features and the sidecar's ``features`` tells the runtime how to compute them (:mod:`kwspot.features`),
+which lets the daemon reuse the frames of the previous hop.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from kwspot import modelfile
+from kwspot.features import LogMelFrontEnd
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
 from kwspot.train import require_tensorflow
 
@@ -36,7 +42,7 @@ def litert_predict(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     rows = []
     for window in x:
-        interp.set_tensor(inp["index"], window.reshape(1, -1).astype(np.float32))
+        interp.set_tensor(inp["index"], window[None].astype(np.float32))
         interp.invoke()
         rows.append(interp.get_tensor(out["index"])[0].copy())
     return np.array(rows, dtype=np.float32)
@@ -60,6 +66,14 @@ def ms_per_window(path: Path, repeats: int = 300) -> float:
 
 def export(model: Any, out: Path, x_val: np.ndarray, y_val: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
     """Write ``out``.tflite and ``out``.json (``meta`` holds the ``labels``); returns what was chosen and why."""
+    from kwspot.train.models import feature_network
+
+    split = feature_network(model)
+    if split is not None:
+        model, spec = split
+        front_end = LogMelFrontEnd(spec, WINDOW_SAMPLES, SAMPLE_RATE)
+        x_val = np.stack([front_end(window) for window in x_val])
+        meta["features"] = spec.as_json()
     plain = convert(model, quantise=False)
     acc_plain = float(np.mean(np.argmax(litert_predict(plain, x_val), 1) == y_val))
     chosen, kind, acc_quant = plain, "float32", None
@@ -67,7 +81,7 @@ def export(model: Any, out: Path, x_val: np.ndarray, y_val: np.ndarray, meta: di
         quant = convert(model, quantise=True)
         acc_quant = float(np.mean(np.argmax(litert_predict(quant, x_val), 1) == y_val))
         if acc_quant >= acc_plain - QUANT_TOLERANCE and len(quant) < len(plain):
-            chosen, kind = quant, "dynamic-range int8 weights, float32 front end"
+            chosen, kind = quant, "dynamic-range int8 weights" + (", numpy log-mel front end" if split else "")
     except Exception as exc:  # noqa: BLE001 - quantisation is optional
         meta.setdefault("notes", []).append(f"quantisation failed: {exc}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 
 from kwspot import LABELS
+from kwspot.features import LogMelSpec
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
 from kwspot.train import require_tensorflow
 
 ARCHS = ("default", "workshop")
 FRAME, HOP, FFT, MELS = 256, 80, 256, 40
+FMIN, FMAX, FLOOR = 20.0, SAMPLE_RATE / 2, 1e-6  # mel band edges (Hz) and the floor under log()
 MEL_CHUNK = 7  # 129 x 7 = 903 < 1024 weights: dynamic-range quantisation leaves the front end in float32
 FRAMES = 1 + (WINDOW_SAMPLES - FRAME) // HOP
 
@@ -30,7 +32,7 @@ def logmel_layer_class() -> type:
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            mel = tf.signal.linear_to_mel_weight_matrix(MELS, FFT // 2 + 1, SAMPLE_RATE, 20.0, SAMPLE_RATE / 2)
+            mel = tf.signal.linear_to_mel_weight_matrix(MELS, FFT // 2 + 1, SAMPLE_RATE, FMIN, FMAX)
             self._chunks = [tf.constant(mel[:, i : i + MEL_CHUNK]) for i in range(0, MELS, MEL_CHUNK)]
             self.mean = self.add_weight(shape=(MELS,), initializer="zeros", trainable=False, name="mean")
             self.std = self.add_weight(shape=(MELS,), initializer="ones", trainable=False, name="std")
@@ -39,7 +41,7 @@ def logmel_layer_class() -> type:
             spec = tf.signal.stft(x, FRAME, HOP, FFT)
             power = tf.math.square(tf.math.real(spec)) + tf.math.square(tf.math.imag(spec))
             mel = tf.concat([tf.tensordot(power, c, axes=1) for c in self._chunks], axis=-1)
-            return tf.math.log(mel + 1e-6)
+            return tf.math.log(mel + FLOOR)
 
         def call(self, x: Any) -> Any:
             return (self.features(x) - self.mean) / self.std
@@ -138,6 +140,21 @@ def _residual(layers: Any, x: Any, filters: int, dilation: int) -> Any:
     y = _conv_bn(layers, x, filters, 3, dilation=dilation)
     y = _conv_bn(layers, y, filters, 3, dilation=dilation, relu=False)
     return layers.ReLU()(layers.Add()([x, y]))
+
+
+def feature_network(model: Any) -> tuple[Any, LogMelSpec] | None:
+    """For a model with the in-graph ``logmel`` layer: the network after it (normalised features in) and the
+    front end it expects, which the runtime computes in numpy (:mod:`kwspot.features`). None otherwise."""
+    import keras
+
+    try:
+        layer = model.get_layer("logmel")
+    except ValueError:
+        return None
+    spec = LogMelSpec(frame=FRAME, hop=HOP, fft=FFT, mels=MELS, fmin=FMIN, fmax=float(FMAX), floor=FLOOR,
+                      mean=tuple(float(x) for x in np.asarray(layer.mean)),
+                      std=tuple(float(x) for x in np.asarray(layer.std)))
+    return keras.Model(layer.output, model.output, name=f"{model.name}_features"), spec
 
 
 def set_normalisation(model: Any, batches: list[np.ndarray]) -> None:

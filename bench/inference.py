@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/inference.py [--model FILE ...] [--windows 2000] [--pin]
 
-Columns: ``invoke`` is the interpreter alone; ``predict`` adds kwspot's Python wrapper (set_tensor, invoke,
-get_tensor); ``per hop`` is ``Pipeline.feed`` for one 100 ms hop (ring buffer, level, predict, detector), i.e.
+Columns: ``invoke`` is the interpreter alone; ``predict`` adds kwspot's Python wrapper (the numpy log-mel
+front end of a model whose sidecar names one, reusing the previous hop's frames as in the daemon; set_tensor,
+invoke, get_tensor); ``per hop`` is ``Pipeline.feed`` for one 100 ms hop (ring buffer, level, predict, detector), i.e.
 what the daemon spends per hop before sinks. Windows are real speech-and-noise windows, not zeros.
 """
 
@@ -53,12 +54,14 @@ def measure(path: Path, windows: int, warmup: int, audio: np.ndarray) -> dict[st
     frames = [audio[s : s + model.window_samples] for s in starts[: max(windows, warmup)]]
     interp = model._interpreter  # the bare interpreter, to separate LiteRT from the Python wrapper
     index = model._input["index"]
+    front_end = model.front_end
+    inputs = [(w if front_end is None else front_end(w)).reshape(model._input_shape) for w in frames]
 
     for i in range(warmup):
         model.predict(frames[i % len(frames)])
 
     def invoke(i: int) -> None:
-        interp.set_tensor(index, frames[i % len(frames)].reshape(1, -1))
+        interp.set_tensor(index, inputs[i % len(inputs)])
         start = time.perf_counter_ns()
         interp.invoke()
         invoke_ns.append(time.perf_counter_ns() - start)

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -703,3 +704,30 @@ def test_readme_documents_limits_and_the_default_path():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "socat -u UNIX-CONNECT:" in readme and "socat - UNIX-CONNECT" not in readme
     assert "/tmp/kwspot-$UID.sock" in readme and "256 clients" in readme
+
+
+# ---- the offline tools' own flags: ranged like kwspot's, a missing model is one line ----------------------------
+
+TOOL_FLAGS = {
+    "kwspot.train.mine": [("--min-score", "2"), ("--min-score", "nan"), ("--seed", "-1")],
+    "kwspot.train.verifier": [("--copies", "0"), ("--hidden", "1e9"), ("--epochs", "x"), ("--workers", "0"),
+                              ("--seed", "-1")],
+}
+
+
+@pytest.mark.parametrize("module,flag,value", [(m, f, v) for m, cases in TOOL_FLAGS.items() for f, v in cases])
+def test_offline_tool_flags_are_range_checked(tmp_path, module, flag, value):
+    required = ["--data", str(tmp_path), "--out", str(tmp_path / "out")]
+    if module.endswith("mine"):
+        required += ["--model", str(bundled_model_path())]
+    result = subprocess.run([sys.executable, "-m", module, *required, flag, value], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"argument {flag}:" in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_mining_with_a_missing_model_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "kwspot.train.mine", "--model", str(tmp_path / "none.tflite"),
+                             "--data", str(tmp_path), "--out", str(tmp_path / "out.npy")],
+                            capture_output=True, text=True, timeout=60)
+    assert_exit_2(result, "none.tflite", "no such model file")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kwspot import UNKNOWN
+from kwspot.argtypes import Number
 from kwspot.errors import KwspotError
 from kwspot.modelfile import read, save_verifier
 from kwspot.train.data import scan
@@ -114,12 +115,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: librispeech_negatives beside --data)")
     parser.add_argument("--wake-phrases", type=Path, default=None, help="wake phrase folders "
                         "(default: wake_phrases beside --data)")
-    parser.add_argument("--copies", type=int, default=1, help="noisy copies of each keyword clip")
+    parser.add_argument("--copies", type=Number(1, 100, integer=True), default=1,
+                        help="noisy copies of each keyword clip")
     parser.add_argument("--no-espeak", action="store_true", help="leave out espeak-ng words and commands")
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="processes computing embeddings")
+    parser.add_argument("--hidden", type=Number(1, 4096, integer=True), default=128)
+    parser.add_argument("--epochs", type=Number(1, 100000, integer=True), default=40)
+    parser.add_argument("--seed", type=Number(0, 2**32 - 1, integer=True), default=0)
+    parser.add_argument("--workers", type=Number(1, 256, integer=True), default=2,
+                        help="processes computing embeddings")
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache (default ~/.cache/kwspot)")
     args = parser.parse_args(argv)
     try:

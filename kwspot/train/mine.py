@@ -14,14 +14,13 @@ trains on them as ``_unknown_``. Numpy and LiteRT only.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from kwspot import UNKNOWN
 from kwspot.argtypes import Number
-from kwspot.errors import KwspotError
+from kwspot.errors import exit_status
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, load_audio
 from kwspot.model import Model
 from kwspot.pipeline import stream_probabilities
@@ -60,12 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-score", type=Number(0.0, 1.0), default=0.3)
     parser.add_argument("--seed", type=Number(0, 2**32 - 1, integer=True), default=0)
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except KwspotError as exc:
-        print(f"kwspot: error: {exc}", file=sys.stderr)
-        return 2
+    return exit_status(run, parser.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 
 from kwspot import UNKNOWN
 from kwspot.argtypes import Number
-from kwspot.errors import KwspotError
+from kwspot.errors import exit_status
 from kwspot.modelfile import read, save_verifier
 from kwspot.train.data import scan
 from kwspot.train.verifier_data import WINDOW_S, split_embeddings
@@ -124,12 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=Number(1, 256, integer=True), default=2,
                         help="processes computing embeddings")
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache (default ~/.cache/kwspot)")
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except KwspotError as exc:
-        print(f"kwspot: error: {exc}", file=sys.stderr)
-        return 2
+    return exit_status(run, parser.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

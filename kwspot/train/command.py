@@ -21,7 +21,11 @@ from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set
 from kwspot.train.data import Dataset, clip_windows, load_long, phrase_files, scan, speech_files
 from kwspot.train.loop import LoopSettings
 
-ARCH_DEFAULTS = {"default": {"batch": 64, "lr": 2e-3}, "workshop": {"batch": 32, "lr": 1e-3}}
+ARCH_DEFAULTS = {
+    "default": {"batch": 64, "lr": 2e-3},
+    "dstcn": {"batch": 64, "lr": 2e-3},
+    "workshop": {"batch": 32, "lr": 1e-3},
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output stem, e.g. models/mine -> mine.tflite/.json/.md/.csv")
     parser.add_argument("--keywords", type=keyword_list, default=KEYWORDS, metavar="WORD,...",
                         help="the words the model fires on: word folders of --data (default: the ten commands)")
-    parser.add_argument("--arch", default="default", choices=("default", "workshop"))
+    parser.add_argument("--arch", default="default", choices=sorted(ARCH_DEFAULTS))
     parser.add_argument("--epochs", type=Number(1, 100000, integer=True), default=40)
     parser.add_argument("--seed", type=Number(0, 2**32 - 1, integer=True), default=0)
     parser.add_argument("--batch", type=Number(1, 65536, integer=True), default=None,

@@ -7,9 +7,10 @@ Modes: ``file`` plays a stream of Speech Commands keywords with 1.5 s gaps over 
 null sink whose monitor is the default source, plays the same stream into the sink with paplay, and kwspot
 captures the default device straight from the server (``audio.backend: auto`` picks libpulse-simple);
 ``pulse-portaudio`` is the same through PortAudio and its ALSA plugin (``--backend portaudio``). The server
-also serves a 20 ms ``parec`` reader (without one a new capture stream gets no audio for ~2 s): its short
-fragments wake every client of the monitor more often than a lone capture would. The daemon runs with
-``--socket`` and one client attached, as deployed.
+also serves a ``parec`` reader (without one a new capture stream gets no audio for ~2 s) asking for
+``--neighbour-ms`` of latency (default 20, as a desktop call would): short fragments wake every client of
+the monitor more often than a lone capture would (100 is closer to a Pi where kwspot is the only client).
+The daemon runs with ``--socket`` and one client attached, as deployed.
 
 CPU: utime+stime of the daemon (all threads, /proc/PID/stat) over the measured window divided by its wall
 time, in percent of one core; the window starts ``--warmup`` seconds after the "listening on" log line.
@@ -132,19 +133,20 @@ def run_mode(mode: str, args: argparse.Namespace, model: Path, tmp: Path, env: d
     wav = write_wav(tmp / "stream.wav", stream.audio)
     source, play = (wav, None) if mode == "file" else (None, ["paplay", "-d", "kwsink", str(wav)])
     extra = BACKEND_FLAGS.get(mode, [])
-    variants = [("", env)]
+    variants = [("", env, model)]
     if args.baseline and not extra:  # the same measurement of another kwspot tree (which may predate the flag)
         # PYTHONSAFEPATH: the working directory (this checkout) must not come before the baseline on sys.path
-        variants.insert(0, (" (baseline)", {**env, "PYTHONPATH": str(args.baseline.resolve()), "PYTHONSAFEPATH": "1"}))
+        baseline_env = {**env, "PYTHONPATH": str(args.baseline.resolve()), "PYTHONSAFEPATH": "1"}
+        variants.insert(0, (" (baseline)", baseline_env, args.baseline_model or model))
     rows = []
-    for label, variant_env in variants:
-        starts = startup(args, model, source, variant_env, tmp, extra)
-        run = steady_run(args, model, source, variant_env, tmp, play, extra)
+    for label, variant_env, variant_model in variants:
+        starts = startup(args, variant_model, source, variant_env, tmp, extra)
+        run = steady_run(args, variant_model, source, variant_env, tmp, play, extra)
         args.notes.append(f"{mode}{label}: {stream.source}, {len(stream.words)} words in {stream.seconds:.0f} s; "
                           f"{run['events']} events reached the client during the run")
         if run["pulse_cpu"] is not None:
             args.notes.append(f"{mode}{label}: the PulseAudio server itself used {run['pulse_cpu']:.1f}% of a core "
-                              "(null sink + monitor + parec reader; not counted above)")
+                              f"(null sink + monitor + {args.neighbour_ms} ms parec reader; not counted above)")
         rows.append([
             mode + label, "CPU 0" if args.pin else "no", fmt(run["measured"], 0, " s"),
             fmt(run["cpu"], 2, " %"), fmt(run["rss"], 1), fmt(run["rss_end"], 1), fmt(run["peak"], 1),
@@ -162,10 +164,15 @@ def main() -> int:
     parser.add_argument("--pin", action="store_true", help="run the daemon under taskset -c 0 (one core)")
     parser.add_argument("--pulse", action="store_true", help="also measure the PulseAudio capture path")
     parser.add_argument("--no-file", action="store_true", help="skip the file-source mode")
+    parser.add_argument("--neighbour-ms", type=int, default=20,
+                        help="latency the other capture client of the PulseAudio monitor asks for (default 20)")
     parser.add_argument("--startup-runs", type=int, default=3, help="fresh processes timed for start-up")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also measure the kwspot in DIR/kwspot (e.g. `git archive REV kwspot | tar -x -C DIR`) "
                              "in the same run, for before/after rows")
+    parser.add_argument("--baseline-model", type=Path, metavar="FILE",
+                        help="the model the baseline runs (default: the same as the other rows; an older tree may "
+                             "not read a newer model: `git archive REV models | tar -x -C DIR`, then DIR/models/...)")
     args = parser.parse_args()
     args.notes = []
     if args.pin and shutil.which("taskset") is None:
@@ -183,7 +190,7 @@ def main() -> int:
         for mode in modes:
             try:
                 if mode.startswith("pulse"):
-                    with pulse_server() as env:
+                    with pulse_server(reader_ms=args.neighbour_ms) as env:
                         rows += run_mode(mode, args, model, tmp, daemon_env(env))
                 else:
                     rows += run_mode(mode, args, model, tmp, daemon_env())
@@ -192,7 +199,8 @@ def main() -> int:
                 args.notes.append(f"{mode} skipped: {exc}")
     columns = ["mode", "pinned", "measured", "CPU of 1 core", "RSS med MiB", "RSS end", "RSS peak", "PSS med",
                "ready ms", "1st inference ms", "worst"]
-    notes = [f"model {describe_model(model)}", *args.notes,
+    notes = [f"model {describe_model(model)}",
+             *([f"baseline model {describe_model(args.baseline_model)}"] if args.baseline_model else []), *args.notes,
              f"start-up: median of {args.startup_runs} runs from spawn; 'worst' is the slowest first inference"]
     print_table("kwspot listen in real time", columns, rows, notes)
     return 0

@@ -67,7 +67,7 @@ class PulseSource(LiveSource):
     by its reader thread, which frees it; a loss ends the thread and the main loop reopens with backoff.
     """
 
-    EARLY_S = 0.015  # wake this long before a block is due
+    EARLY_S = 0.002  # wake this long before a block is due
 
     def __init__(self, device: str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
         super().__init__(block_ms)
@@ -107,17 +107,20 @@ class PulseSource(LiveSource):
     def _capture(self, connection: object, block_bytes: int, stop: threading.Event) -> None:
         """Reader thread: blocking reads of one block each, until stopped or the server goes.
 
-        Between reads it sleeps until the next block is nearly complete: a read waits for every fragment
-        the server sends (every 20 ms or less when another client asks for low latency), one wake-up each.
+        A read wakes for every fragment the server sends (every 20 ms or less when another client asks for
+        low latency), so between reads the thread sleeps until the next block is due, on a grid set by the
+        first block: each read then finds its block (nearly) complete. Behind the grid, it reads at once.
         """
         block_s = self._block_ms / 1000
+        due = 0.0
         try:
             while not stop.is_set():
                 data = connection.read(block_bytes)  # type: ignore[attr-defined]
-                returned = time.monotonic()
+                now = time.monotonic()
                 if not stop.is_set():
                     self._push(np.frombuffer(data, dtype=np.float32))
-                stop.wait(max(0.0, returned + block_s - self.EARLY_S - time.monotonic()))
+                due = max(due + block_s, now - block_s) if due else now + block_s  # lag: restart the grid
+                stop.wait(max(0.0, due - self.EARLY_S - time.monotonic()))
         except self._pa.PaSimpleError:
             pass  # the main loop sees the thread gone and reopens
         finally:

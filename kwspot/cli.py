@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except ImportError as exc:
+        if not isinstance(exc.__cause__, KeyboardInterrupt):
+            raise
+        code = 130  # Ctrl-C while an extension module initialised (nanobind's, e.g. soxr, re-raise it so)
     except BrokenPipeError:
         # The reader of our stdout went away: nothing more to say.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

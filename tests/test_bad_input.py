@@ -5,6 +5,7 @@ Never a traceback. Each case runs the real program as a subprocess.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 from collections.abc import Callable
@@ -82,6 +83,11 @@ def copy_model(tmp: Path, name: str, cut: int | None = None, sidecar: str | None
     elif sidecar is not None:
         sidecar_path(model).write_text(sidecar)
     return model
+
+
+def bundled_sidecar(**changes: object) -> str:
+    """The bundled model's sidecar (its front end included) with some entries changed."""
+    return json.dumps({**json.loads(sidecar_path(bundled_model_path()).read_text()), **changes})
 
 
 def wrong_shape(tmp: Path) -> Path:
@@ -162,7 +168,8 @@ CASES = {
     "sidecar window not a number": (with_model(lambda tmp: copy_model(tmp, "win", sidecar=(
         '{"labels": ["_silence_", "yes"], "window_samples": "1s"}'))), ["win.json", "window_samples"]),
     "labels do not fit model": (
-        with_model(lambda tmp: copy_model(tmp, "few", sidecar='{"labels": ["yes", "no"]}')), ["few.tflite", "2 labels"]
+        with_model(lambda tmp: copy_model(tmp, "few", sidecar=bundled_sidecar(labels=["yes", "no"], thresholds={}))),
+        ["few.tflite", "2 labels"]
     ),
     # socket
     "socket in missing directory": (with_socket(lambda tmp: str(tmp / "no" / "dir" / "kw.sock")), ["kw.sock"]),

@@ -116,40 +116,42 @@ def _workshop(keras: Any, n_labels: int) -> Any:
     return keras.Model(inp, out, name="workshop")
 
 
-def _default(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0) -> Any:
+def _log_mel_model(keras: Any, name: str, body: Any, n_labels: int, specaugment: bool, seed: int) -> Any:
+    """Raw window -> log-mel (-> SpecAugment while training) -> ``body`` -> pooling, dropout, softmax."""
     layers = keras.layers
     inp = keras.Input((WINDOW_SAMPLES,), name="audio")
     x = logmel_layer_class()(name="logmel")(inp)
     if specaugment:
         x = specmask_layer_class()(seed=seed, name="specaugment")(x)
-    x = _conv_bn(layers, x, 96, 5, stride=2)
-    x = _residual(layers, x, 96, 1)
-    x = _conv_bn(layers, x, 128, 3, stride=2)
-    x = _residual(layers, x, 128, 1)
-    x = _residual(layers, x, 128, 2)
-    x = layers.GlobalAveragePooling1D()(x)
-    x = layers.Dropout(0.3)(x)
+    x = layers.Dropout(0.3)(layers.GlobalAveragePooling1D()(body(layers, x)))
     out = layers.Dense(n_labels, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="default")
+    return keras.Model(inp, out, name=name)
+
+
+def _default(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0) -> Any:
+    def body(layers: Any, x: Any) -> Any:
+        x = _conv_bn(layers, x, 96, 5, stride=2)
+        x = _residual(layers, x, 96, 1)
+        x = _conv_bn(layers, x, 128, 3, stride=2)
+        x = _residual(layers, x, 128, 1)
+        return _residual(layers, x, 128, 2)
+
+    return _log_mel_model(keras, "default", body, n_labels, specaugment, seed)
 
 
 def _dstcn(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0) -> Any:
     """Eight depthwise-separable residual blocks, dilations 1-8 twice: ~1.2 s of context in 8 M MACs."""
-    layers = keras.layers
-    inp = keras.Input((WINDOW_SAMPLES,), name="audio")
-    x = logmel_layer_class()(name="logmel")(inp)
-    if specaugment:
-        x = specmask_layer_class()(seed=seed, name="specaugment")(x)
-    x = _conv_bn(layers, x, 128, 5, stride=2)
-    for dilation in (1, 2, 4, 8, 1, 2, 4, 8):
-        y = layers.DepthwiseConv1D(5, dilation_rate=dilation, padding="same", use_bias=False)(x)
-        y = layers.ReLU()(layers.BatchNormalization()(y))
-        y = _conv_bn(layers, y, 128, 1, relu=False)
-        x = layers.ReLU()(layers.Add()([x, y]))
-    x = layers.GlobalAveragePooling1D()(x)
-    x = layers.Dropout(0.3)(x)
-    out = layers.Dense(n_labels, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="dstcn")
+
+    def body(layers: Any, x: Any) -> Any:
+        x = _conv_bn(layers, x, 128, 5, stride=2)
+        for dilation in (1, 2, 4, 8, 1, 2, 4, 8):
+            y = layers.DepthwiseConv1D(5, dilation_rate=dilation, padding="same", use_bias=False)(x)
+            y = layers.ReLU()(layers.BatchNormalization()(y))
+            y = _conv_bn(layers, y, 128, 1, relu=False)
+            x = layers.ReLU()(layers.Add()([x, y]))
+        return x
+
+    return _log_mel_model(keras, "dstcn", body, n_labels, specaugment, seed)
 
 
 def _conv_bn(layers: Any, x: Any, filters: int, kernel: int, stride: int = 1, dilation: int = 1, relu: bool = True):

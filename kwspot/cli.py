@@ -89,9 +89,13 @@ def run_listen(args: argparse.Namespace) -> int:
 
 def run_devices(args: argparse.Namespace) -> int:
     from kwspot.devices import describe_devices
+    from kwspot.pulse_source import choose_backend
 
     lines = describe_devices()
     print("\n".join(lines) if lines else "no input devices found")
+    if choose_backend("auto", None) == "pulse":
+        print("(a PulseAudio/PipeWire server runs: `kwspot listen` without --device captures its default source "
+              "directly; --backend portaudio uses the devices above)")
     return 0
 
 

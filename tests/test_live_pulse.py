@@ -258,3 +258,13 @@ def test_an_unknown_pulseaudio_source_is_a_one_line_error(pulse):
     assert result.stderr.strip().splitlines() == [
         "kwspot: error: cannot capture source 'no.such.source' from PulseAudio/PipeWire (No such entity)"
     ]
+
+
+def test_devices_says_when_the_default_input_goes_straight_to_the_server(pulse, tmp_path):
+    with_server = subprocess.run(kwspot_cmd("devices"), env=pulse.env, capture_output=True, text=True, timeout=60)
+    without = subprocess.run(kwspot_cmd("devices"), capture_output=True, text=True, timeout=60,
+                             env={**{k: v for k, v in os.environ.items() if not k.startswith("PULSE_")},
+                                  "XDG_RUNTIME_DIR": str(tmp_path)})
+    assert with_server.returncode == 0 and without.returncode == 0, with_server.stderr + without.stderr
+    assert "captures its default source directly" in with_server.stdout
+    assert "PulseAudio" not in without.stdout

@@ -76,7 +76,6 @@ class PulseSource(LiveSource):
         except ImportError:
             raise KwspotError("audio.backend pulse needs the pasimple package (pip install pasimple)") from None
         self._pa = pasimple
-        self.errors = (KwspotError,)
         self._device = str(device) if device is not None else None
         self.rate = rate or DEFAULT_RATE
         self._reader: threading.Thread | None = None

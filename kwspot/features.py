@@ -118,7 +118,7 @@ class LogMelFrontEnd:
     def __call__(self, window: np.ndarray) -> np.ndarray:
         audio = np.ascontiguousarray(window, dtype=np.float32).reshape(self.window_samples)
         moved = self._shift(audio)
-        if moved and self._last_features is not None:
+        if moved:  # a move is only found against a last window, whose features are kept with it
             first_new = self.frames - moved
             features = np.concatenate((self._last_features[moved:], self._compute(audio, first_new)))
             self.reused_frames += first_new

@@ -278,10 +278,9 @@ class LiveSource(Source):
         return EMPTY
 
     def _close_stream(self) -> None:
-        if self._open_now and not LiveSource.hung:
-            self._open_now = False
+        was_open, self._open_now = self._open_now, False
+        if was_open and not LiveSource.hung:
             self._guarded(self._stop_stream, "closing the input stream")
-        self._open_now = False
         while not self._queue.empty():
             self._queue.get_nowait()
 

@@ -19,6 +19,7 @@ from kwspot import modelfile
 from kwspot.features import LogMelFrontEnd
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
 from kwspot.train import require_tensorflow
+from kwspot.train.models import feature_network
 
 QUANT_TOLERANCE = 0.003  # keep the quantised model when it loses at most 0.3 points of accuracy
 
@@ -66,8 +67,6 @@ def ms_per_window(path: Path, repeats: int = 300) -> float:
 
 def export(model: Any, out: Path, x_val: np.ndarray, y_val: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
     """Write ``out``.tflite and ``out``.json (``meta`` holds the ``labels``); returns what was chosen and why."""
-    from kwspot.train.models import feature_network
-
     split = feature_network(model)
     if split is not None:
         model, spec = split

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from kwspot import __version__
+from kwspot import __version__, interrupt
 from kwspot.argtypes import Number, command_line
 from kwspot.errors import KwspotError
 
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    interrupt.install()
     try:
         code = run(build_parser(argv).parse_args(argv))
     except KwspotError as exc:

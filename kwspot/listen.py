@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from kwspot import interrupt
 from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE
@@ -180,7 +181,10 @@ class Listener:
     def install_signal_handlers(self) -> dict[int, Any]:
         """SIGINT/SIGTERM stop the loop cleanly, SIGHUP reloads; returns the handlers replaced."""
         handlers = {signal.SIGINT: self._on_stop, signal.SIGTERM: self._on_stop, signal.SIGHUP: self._on_hup}
-        return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+        saved = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+        if interrupt.requested:  # a Ctrl-C during start-up that Python dropped
+            self._on_stop(signal.SIGINT, None)
+        return saved
 
     # -- main loop -----------------------------------------------------------
     def run(self) -> int:

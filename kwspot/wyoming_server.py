@@ -38,7 +38,7 @@ from wyoming.info import Attribution, Describe, Info, WakeModel, WakeProgram
 from wyoming.server import AsyncEventHandler, AsyncServer
 from wyoming.wake import Detect, Detection, NotDetected
 
-from kwspot import __version__
+from kwspot import __version__, interrupt
 from kwspot.argtypes import Number
 from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
@@ -309,6 +309,8 @@ async def serve(service: WakeService, uri: str, zeroconf: str | None = None,
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if interrupt.requested:  # a Ctrl-C during start-up that Python dropped
+        stop.set()
     notifier = SystemdNotifier()
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload, service, reload, notifier)

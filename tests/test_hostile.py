@@ -735,3 +735,23 @@ def test_mining_with_a_missing_model_is_one_line(tmp_path):
                              "--data", str(tmp_path), "--out", str(tmp_path / "out.npy")],
                             capture_output=True, text=True, timeout=60)
     assert_exit_2(result, "none.tflite", "no such model file")
+
+
+def test_a_ctrl_c_python_dropped_during_start_up_still_stops_listen(monkeypatch, tmp_path):
+    """Python prints and drops a KeyboardInterrupt raised inside an import's lock callback; the record stays."""
+    import numpy as np
+    import soundfile
+
+    from kwspot import interrupt
+    from kwspot.listen import Listener, ListenRequest
+    from kwspot.settings import resolve
+
+    wav = tmp_path / "long.wav"
+    soundfile.write(wav, np.zeros(8000 * 60, np.float32), 8000)
+    monkeypatch.setattr(interrupt, "requested", True)
+    saved = signal.getsignal(signal.SIGINT)
+    flags = {"sinks.jsonl": True, "sinks.console": False}
+    settings, _ = resolve(None, flags)
+    listener = Listener(ListenRequest(input=str(wav), flags=flags), settings)  # real time: a minute unless stopped
+    assert listener.run() == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) == saved  # its own handlers put back

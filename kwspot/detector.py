@@ -11,7 +11,6 @@ never fire.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -53,7 +52,8 @@ class Detector:
             [per_keyword.get(label, settings.threshold) if label in self.keywords else np.inf for label in self.labels],
             dtype=np.float32,
         )
-        self._history: deque[np.ndarray] = deque(maxlen=max(1, settings.smoothing_hops))
+        self._history = np.zeros((max(1, settings.smoothing_hops), len(self.labels)), dtype=np.float32)
+        self._filled = 0  # rows of _history written since the last reset
         self._streak_label = -1
         self._streak = 0
         self._last_fire_t = -np.inf
@@ -63,7 +63,8 @@ class Detector:
 
     def reset(self) -> None:
         """Forget everything (e.g. after a gap in the audio)."""
-        self._history.clear()
+        self._history[:] = 0.0
+        self._filled = 0
         self._streak_label, self._streak, self._latched = -1, 0, -1
         self._last_fire_t = -np.inf
         self.smoothed = np.zeros(len(self.labels), dtype=np.float32)
@@ -89,8 +90,10 @@ class Detector:
         probs = np.asarray(probs, dtype=np.float32)
         if probs.shape != (len(self.labels),):
             raise ValueError(f"expected {len(self.labels)} probabilities, got shape {probs.shape}")
-        self._history.append(probs)
-        self.smoothed = np.mean(self._history, axis=0)
+        # the last smoothing_hops rows in a ring (unwritten rows are zeros): one sum per hop
+        self._history[self._filled % len(self._history)] = probs
+        self._filled += 1
+        self.smoothed = self._history.sum(axis=0) / np.float32(min(self._filled, len(self._history)))
         top = int(np.argmax(self.smoothed))
         score = float(self.smoothed[top])
 

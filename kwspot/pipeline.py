@@ -19,6 +19,7 @@ probabilities, for the isolated-command gate (``min_pause_ms``);
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -131,8 +132,9 @@ def stream_probabilities(
 
 def level_db(hop: np.ndarray) -> float:
     """RMS level of one hop of audio, dBFS (floored at -120)."""
-    rms = float(np.sqrt(np.mean(np.asarray(hop, dtype=np.float64) ** 2))) if len(hop) else 0.0
-    return 20.0 * float(np.log10(max(rms, 1e-6)))
+    x = np.asarray(hop, dtype=np.float64).ravel()
+    power = float(np.dot(x, x)) / x.size if x.size else 0.0  # one numpy call: a hop costs little work
+    return 10.0 * math.log10(max(power, 1e-12))
 
 
 def hop_levels(audio: np.ndarray, hop_s: float = DEFAULT_HOP_S) -> np.ndarray:

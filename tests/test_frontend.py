@@ -85,3 +85,16 @@ def test_unreadable_files_are_named(tmp_path):
     soundfile.write(empty, np.zeros(0, np.float32), 16000)
     with pytest.raises(KwspotError, match="holds no samples"):
         load_audio(empty)
+
+
+def test_count_nonfinite_counts_nan_and_inf_and_passes_huge_finite_samples():
+    from kwspot.frontend import count_nonfinite
+
+    x = np.zeros(1000, np.float32)
+    assert count_nonfinite(x) == 0
+    assert count_nonfinite(np.zeros(0, np.float32)) == 0
+    x[[3, 10, 500]] = [np.nan, np.inf, -np.inf]
+    assert count_nonfinite(x) == 3
+    huge = np.full(1000, 3e38, np.float32)  # finite samples whose squares overflow float32
+    assert count_nonfinite(huge) == 0
+    assert count_nonfinite(np.full((10, 2), np.nan, np.float32)) == 20  # frames x channels

@@ -19,6 +19,10 @@ keywords are the model's, from its sidecar):
 - recall on espeak-ng voices (not the voices used in training) saying the commands;
 - LiteRT time per window (median, 1 thread) and multiply-accumulates (from the sidecar).
 
+A model whose sidecar names a verifier (second stage) is measured with it, as the daemon runs it
+(``--verifier off`` measures the first stage alone); its events are checked on each stream's audio by
+:class:`kwspot.verifier.SignalVerifier`, and the table says how many checks it made.
+
 Numpy and LiteRT only (espeak-ng for the two synthetic rows, skipped without it).
 """
 
@@ -58,6 +62,7 @@ from kwspot.train.data import (
 from kwspot.train.evaluate import clip_report
 from kwspot.train.scoring import replay, score
 from kwspot.train.streams import Stream, build_stream
+from kwspot.verifier import SignalVerifier, Verifier
 
 SNRS = ("20", "10", "5", "clean")
 # voices that training never uses (kwspot.train.espeak.VOICES are the training voices)
@@ -205,11 +210,14 @@ def model_outputs(model: Model, mat: Material) -> dict[str, tuple[Stream, np.nda
 
 
 def replay_scored(labels: list[str], out: tuple[Stream, np.ndarray, np.ndarray, np.ndarray],
-                  settings: DetectorSettings) -> dict[str, Any]:
-    """Score one stream through the daemon's detector."""
+                  settings: DetectorSettings, verifier: Verifier | None = None) -> dict[str, Any]:
+    """Score one stream through the daemon's detector (and its verifier, if any)."""
     stream, t, p, levels = out
-    events = replay(labels, t, p, settings, levels=levels if settings.min_pause_ms > 0 else None)
+    signal = SignalVerifier(verifier, stream.audio) if verifier is not None else None
+    events = replay(labels, t, p, settings, signal.accepts if signal is not None else None,
+                    levels=levels if settings.min_pause_ms > 0 else None)
     r = score(stream.words, events, stream.seconds, modelfile.keywords_of(labels))
+    r["checks"] = signal.checks if signal is not None else 0
     r["events"] = events
     return r
 
@@ -228,27 +236,30 @@ def ms_per_window(model: Model, n: int = 300) -> float:
 
 
 def measure(model_path: Path, data: Dataset, mat: Material, pauses: list[float] | None = None,
-            split: str = "testing") -> list[dict[str, Any]]:
+            split: str = "testing", use_verifier: bool = True) -> list[dict[str, Any]]:
     """One result per gate setting (default: the sidecar's ``detector.min_pause_ms``, else off)."""
     model = Model(model_path, threads=1)
+    spec = model.file.verifier if use_verifier else None
+    verifier = Verifier(spec.head, spec.thresholds, spec.threshold) if spec is not None else None
     det = dict(model.meta.get("detector") or {})
     pauses = pauses or [float(det.get("min_pause_ms", 0.0))]
     clips = clip_report(model, data, split)
     outputs = model_outputs(model, mat)
     ms, macs = ms_per_window(model), (model.meta.get("macs") or {}).get("total")
-    return [evaluate(model, model_path, outputs, clips, pause, split) | {"ms_per_window": ms, "macs": macs}
+    return [evaluate(model, model_path, outputs, clips, pause, split, verifier) | {"ms_per_window": ms, "macs": macs}
             for pause in pauses]
 
 
 def evaluate(model: Model, model_path: Path, outputs: dict[str, Any], clips: dict[str, Any], pause: float,
-             split: str) -> dict[str, Any]:
+             split: str, verifier: Verifier | None = None) -> dict[str, Any]:
     settings = DetectorSettings(0.8, model.thresholds or None, min_pause_ms=pause)
     out: dict[str, Any] = {"model": str(model_path), "split": split, "thresholds": model.thresholds,
-                           "min_pause_ms": pause, "clips": clips}
-    out["streams"] = {snr: replay_scored(model.labels, outputs[f"cmd_{snr}"], settings) for snr in SNRS}
+                           "min_pause_ms": pause, "clips": clips,
+                           "verifier": verifier.head.path.name if verifier is not None else None}
+    out["streams"] = {snr: replay_scored(model.labels, outputs[f"cmd_{snr}"], settings, verifier) for snr in SNRS}
     for name in STREAMS:
         if name in outputs:
-            out[name] = replay_scored(model.labels, outputs[name], settings)
+            out[name] = replay_scored(model.labels, outputs[name], settings, verifier)
     out["bytes"] = model_path.stat().st_size
     return out
 
@@ -284,6 +295,11 @@ def rows(r: dict[str, Any]) -> list[Row]:
     if "tts_commands" in r:
         out.append(recall_row("espeak-ng voices saying the commands: recall / FA/h", r["tts_commands"]))
     out.append(Row("LiteRT time per window (1 thread, median)", f"{r['ms_per_window']:.3f} ms", "300 windows"))
+    if r.get("verifier"):
+        cmd = list(r["streams"].values())
+        checks, hours = sum(s["checks"] for s in cmd), sum(s["seconds"] for s in cmd) / 3600
+        out.append(Row("verifier checks an hour on the command streams", f"{checks / hours:.0f}",
+                       f"{checks} checks in {hours:.2f} h"))
     macs = r.get("macs")
     out.append(Row("multiply-accumulates per window", f"{macs / 1e6:.2f} M" if macs else "n/a", "sidecar"))
     out.append(Row("model file", f"{r['bytes'] / 1024:.0f} KiB", ""))
@@ -291,7 +307,9 @@ def rows(r: dict[str, Any]) -> list[Row]:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = [f"`{r['model']}` ({r['split']} material; sidecar thresholds; min_pause_ms {r['min_pause_ms']:g})", "",
+    second = f"verifier {r['verifier']}" if r.get("verifier") else "no verifier"
+    lines = [f"`{r['model']}` ({r['split']} material; sidecar thresholds; min_pause_ms {r['min_pause_ms']:g}; "
+             f"{second})", "",
              "| figure | value | counts |", "|---|---|---|"]
     lines += [f"| {row.name} | {row.value} | {row.counts} |" for row in rows(r)]
     return "\n".join(lines)
@@ -324,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="testing", choices=("testing", "validation"),
                         help="validation: for choosing settings; the table of record is testing")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verifier", default="on", choices=("on", "off"),
+                        help="off: leave out the verifier a sidecar names (the first stage alone)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     for p in args.model:
@@ -344,7 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             built[words] = data, material(data, args.speech if args.speech.is_dir() else None,
                                           args.phrases if args.phrases.is_dir() else None, args.seed, args.split)
         data, mat = built[words]
-        for r in measure(path, data, mat, pauses, args.split):
+        try:
+            measured = measure(path, data, mat, pauses, args.split, args.verifier == "on")
+        except KwspotError as exc:
+            print(f"quality: error: {exc}", file=sys.stderr)
+            return 2
+        for r in measured:
             results.append(r)
             print(markdown(r))
             for key in ("other_words", "phrases", "speech", "tts_sentences"):

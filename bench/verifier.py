@@ -24,11 +24,12 @@ import numpy as np
 from common import SPEECH_COMMANDS, print_table
 
 from kwspot import UNKNOWN
+from kwspot.config import DEFAULTS
 from kwspot.detector import DetectorSettings
 from kwspot.frontend import load_audio
 from kwspot.model import Model, bundled_model_path
 from kwspot.modelfile import save_verifier
-from kwspot.pipeline import stream_probabilities
+from kwspot.pipeline import hop_levels, stream_probabilities
 from kwspot.train.data import cache_dir, load_long, scan, speech_files
 from kwspot.train.scoring import pick_thresholds, replay, score, sweep
 from kwspot.train.streams import Stream, StreamSpec, Word, build_stream, split_streams
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="model .tflite (default: the bundled model)")
     parser.add_argument("--save", action="store_true", help="write per-keyword verifier thresholds (validation)")
     parser.add_argument("--max-hit-loss", type=float, default=0.02, help="share of a keyword's hits --save may lose")
+    parser.add_argument("--min-pause-ms", type=float, default=None,
+                        help="isolated-command gate of the first stage (default: config.yaml's)")
     args = parser.parse_args()
     if args.save and args.split != "validation":
         parser.error("--save picks thresholds on the validation split only")
@@ -88,18 +91,21 @@ def main() -> None:
     if spec is None:
         parser.error(f"{model.file.path}: names no verifier (train one: python -m kwspot.train.verifier)")
     verifier = Verifier(spec.head, spec.thresholds, spec.threshold)
-    base = DetectorSettings(thresholds=model.thresholds)
+    pause = DEFAULTS["detector"]["min_pause_ms"] if args.min_pause_ms is None else args.min_pause_ms
+    base = DetectorSettings(thresholds=model.thresholds, min_pause_ms=pause)
     kws = model.keywords
     cands: dict[str, list[tuple[str, float, float]]] = {}  # material -> (keyword, t, verifier score)
     streams = materials(args.split, args.data, kws)
     check_ms: list[float] = []
     probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     signals: dict[str, SignalVerifier] = {}
+    levels: dict[str, np.ndarray] = {}
     for name, stream in streams.items():
         t, p = probs[name] = first_stage(model, name, stream)
+        levels[name] = hop_levels(stream.audio)[: len(t)]
         sv = signals[name] = SignalVerifier(verifier, stream.audio)
         rows = []
-        for kw, te in replay(model.labels, t, p, base):
+        for kw, te in replay(model.labels, t, p, base, levels=levels[name]):
             t0 = time.perf_counter()
             s = sv.score(kw, te)
             check_ms.append((time.perf_counter() - t0) * 1000)
@@ -152,22 +158,24 @@ def main() -> None:
                 *streams], sweep_rows)
     print_table("the same false-accept budget spent by first-stage thresholds alone or with the verifier "
                 "(first-stage thresholds picked on this material)", ["first stage", "verifier", "FA budget",
-                "hits", "false accepts"], budget_rows(model, streams, probs, signals, base, totals))
+                "hits", "false accepts"], budget_rows(model, streams, probs, levels, signals, base,
+                                                                         totals))
 
 
-def budget_rows(model: Model, streams: dict[str, Stream], probs: dict, signals: dict[str, SignalVerifier],
-                base: DetectorSettings, totals: np.ndarray) -> list[list[str]]:
+def budget_rows(model: Model, streams: dict[str, Stream], probs: dict, levels: dict[str, np.ndarray],
+                signals: dict[str, SignalVerifier], base: DetectorSettings, totals: np.ndarray) -> list[list[str]]:
     """All materials end to end (10 s apart): first-stage thresholds picked for the false accepts of the first
     stage alone and of the first stage with the verifier, each without and with the verifier."""
-    times, rows, words, spans, off = [], [], [], [], 0.0
+    times, rows, hop_db, words, spans, off = [], [], [], [], [], 0.0
     for name, stream in streams.items():
         t, p = probs[name]
         times.append(t + off)
         rows.append(p)
+        hop_db.append(levels[name])
         words += [Word(w.label, w.start + off, w.end + off, w.snr_db) for w in stream.words]
         spans.append((off, off + stream.seconds, signals[name]))
         off += stream.seconds + 10.0
-    t_all, p_all = np.concatenate(times), np.concatenate(rows)
+    t_all, p_all, lv_all = np.concatenate(times), np.concatenate(rows), np.concatenate(hop_db)
     seconds = sum(s.seconds for s in streams.values())
 
     def verdict(kw: str, t: float) -> bool:
@@ -176,10 +184,10 @@ def budget_rows(model: Model, streams: dict[str, Stream], probs: dict, signals: 
 
     out = []
     for budget, use in ((b, v) for b in sorted({int(totals[3]), int(totals[2])}) for v in (None, verdict)):
-        grid = sweep(model.labels, t_all, p_all, words, seconds, base, verdict=use)
+        grid = sweep(model.labels, t_all, p_all, words, seconds, base, verdict=use, levels=lv_all)
         chosen = pick_thresholds(grid, budget / (seconds / 3600))
-        settings = DetectorSettings(thresholds=chosen)
-        r = score(words, replay(model.labels, t_all, p_all, settings, use), seconds, model.keywords)
+        settings = DetectorSettings(thresholds=chosen, min_pause_ms=base.min_pause_ms)
+        r = score(words, replay(model.labels, t_all, p_all, settings, use, levels=lv_all), seconds, model.keywords)
         out.append(["re-picked", "on" if use else "off", str(budget), str(r["hits"]), str(r["false_accepts"])])
     return out
 

@@ -191,6 +191,11 @@ class SignalVerifier:
         self.audio = np.asarray(audio, np.float32).ravel()
         self._scores: dict[int, np.ndarray] = {}
 
+    @property
+    def checks(self) -> int:
+        """Distinct windows judged so far (the daemon judges each event once)."""
+        return len(self._scores)
+
     def scores_at(self, t: float) -> np.ndarray:
         end = round(t * SAMPLE_RATE)
         if end not in self._scores:

@@ -272,3 +272,29 @@ def test_evaluate_checks_events_with_the_models_verifier_unless_told_off(verifie
     for keyword, t in (("yes", 2.0), ("right", 3.5), ("stop", 0.7)):
         end = round(t * SAMPLE_RATE)
         assert verdict(keyword, t) == verifier.check(audio[max(0, end - verifier.window_samples) : end], keyword)[0]
+
+
+def test_candidates_are_the_first_stages_events_labelled_by_the_word_under_them():
+    """The verifier's training windows from a first stage: its events (gate on), the audio the daemon's second
+    ring holds then, labelled by the word the event is about: a keyword, another word, or nothing at all."""
+    from kwspot.pipeline import hop_levels
+    from kwspot.train.streams import Stream, Word
+    from kwspot.train.verifier_data import WINDOW, stream_candidates
+
+    rng = np.random.default_rng(5)
+
+    def part(seconds: float, level: float) -> np.ndarray:
+        return (level * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+
+    audio = np.concatenate([part(2, 0.002), part(0.6, 0.3), part(2.5, 0.002), part(0.6, 0.3), part(2.5, 0.002),
+                            part(0.6, 0.3), part(2, 0.002)])
+    words = [Word("yes", 2.0, 2.6), Word("_unknown_", 5.1, 5.7)]  # the third burst is no word at all
+    out = stream_candidates(FakeModel(), Stream(audio, words), pause_ms=200)
+    assert [label for _, label in out] == ["yes", "_unknown_", "_unknown_"]
+    t, p = stream_probabilities(FakeModel(), audio)
+    events = replay(LABELS, t, p, DetectorSettings(threshold=0.5, min_pause_ms=200), levels=hop_levels(audio)[: len(t)])
+    assert len(events) == 3
+    for (window, _), (_, te), burst_end in zip(out, events, (2.6, 5.7, 8.8), strict=True):
+        end = round(te * SAMPLE_RATE)
+        assert te >= burst_end + 0.2 - 1e-6  # held by the gate until a pause
+        np.testing.assert_array_equal(window, audio[end - WINDOW : end])

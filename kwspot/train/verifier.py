@@ -19,6 +19,7 @@ import numpy as np
 
 from kwspot import UNKNOWN
 from kwspot.argtypes import Number
+from kwspot.config import DEFAULTS
 from kwspot.errors import exit_status
 from kwspot.modelfile import read, save_verifier
 from kwspot.train.data import scan
@@ -124,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=Number(1, 256, integer=True), default=2,
                         help="processes computing embeddings")
     parser.add_argument("--cache", type=Path, default=None, help="embedding cache (default ~/.cache/kwspot)")
+    parser.add_argument("--candidates", action="store_true",
+                        help="also train on the first stage's own events (the model at --out) on streams")
+    parser.add_argument("--min-pause-ms", type=Number(0, 2000), default=DEFAULTS["detector"]["min_pause_ms"],
+                        help="the first stage's isolated-command gate for --candidates (default: config.yaml's)")
     return exit_status(run, parser.parse_args(argv))
 
 
@@ -138,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
 
     def embeddings(split: str) -> dict[str, tuple[np.ndarray, list[str]]]:
         return split_embeddings(data, split, speech, wake, args.copies, not args.no_espeak, args.seed,
-                                args.workers, args.cache, log=lambda s: print(s, file=sys.stderr, flush=True))
+                                args.workers, args.cache, log=lambda s: print(s, file=sys.stderr, flush=True),
+                                first_stage=model_path if args.candidates else None, pause_ms=args.min_pause_ms)
 
     train, val = embeddings("train"), embeddings("validation")
     x, y = stack(train, labels)

@@ -11,7 +11,10 @@ streams' events show (``LATENCY_S``). Groups (each cached on disk as float16 emb
 - ``espeak_words``: espeak-ng near misses and common words (negative);
 - ``speech``: random stretches of continuous speech of the split's speakers (negative);
 - ``wake_phrases``: the split's share of the wake phrases, word end placed as for words (negative);
-- ``noise``: background noise alone at random levels (negative).
+- ``noise``: background noise alone at random levels (negative);
+- ``candidates`` (with a first-stage model): that model's own events on streams of the split's clips over
+  noise and clean, its speech and wake phrases, each window ending where the event fired and labelled by
+  the word under it (a hit its keyword, a wrong keyword the word said, anything else unknown).
 
 Every word window gets background noise (the training part of the
 recordings) at 0-20 dB SNR with probability ``NOISE_PROB`` and a random gain.
@@ -28,7 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from kwspot import UNKNOWN
+from kwspot.detector import DetectorSettings
 from kwspot.frontend import SAMPLE_RATE, load_audio
+from kwspot.model import Model
+from kwspot.pipeline import hop_levels, stream_probabilities
 from kwspot.train.data import (
     Dataset,
     audio_files,
@@ -40,6 +46,8 @@ from kwspot.train.data import (
     which_set,
     word_bounds,
 )
+from kwspot.train.scoring import replay
+from kwspot.train.streams import Stream, Word, build_stream
 
 WINDOW_S = 1.5
 WINDOW = int(WINDOW_S * SAMPLE_RATE)
@@ -185,6 +193,61 @@ def group_makers(data: Dataset, split: str, speech: Path | None, wake: Path | No
     return groups
 
 
+CANDIDATE_THRESHOLD = 0.5  # the first stage's threshold for candidates (under every shipped threshold)
+CANDIDATE_PASSES = ((20.0, 10.0, 5.0, 0.0), (20.0, 10.0, 5.0, 0.0), None)  # SNRs of each pass (None: clean)
+CANDIDATE_CHUNK = 1000  # clips per stream
+WORD_REACH_S = (0.3, 0.8)  # an event this close before a word's start / after its end is about that word
+
+
+def label_at(words: list[Word], t: float) -> str:
+    """The label of the word an event at ``t`` is about, else unknown."""
+    for w in words:
+        if w.start - WORD_REACH_S[0] <= t <= w.end + WORD_REACH_S[1]:
+            return w.label
+    return UNKNOWN
+
+
+def stream_candidates(model: Model, stream: Stream, pause_ms: float) -> list[Example]:
+    """The first stage's events on a stream (gate on), as the windows the daemon's verifier would judge."""
+    t, p = stream_probabilities(model, stream.audio)
+    settings = DetectorSettings(threshold=CANDIDATE_THRESHOLD, min_pause_ms=pause_ms)
+    out = []
+    for _, te in replay(model.labels, t, p, settings, levels=hop_levels(stream.audio)[: len(t)]):
+        end = int(round(te * SAMPLE_RATE))
+        x = np.zeros(WINDOW, np.float32)
+        piece = stream.audio[max(0, end - WINDOW) : end]
+        x[WINDOW - len(piece) :] = piece
+        out.append((x, label_at(stream.words, te)))
+    return out
+
+
+def candidate_group(model_path: Path, data: Dataset, split: str, speech: Path | None, wake: Path | None,
+                    pause_ms: float, cache: Path | None) -> tuple[str, Callable[[Maker], list[Example]]]:
+    """Cache identity and maker of the ``candidates`` group for the first stage at ``model_path``."""
+    clips = [c for c in data.clips[split] if c.label != "_silence_"]
+    wake_files = wake_phrase_files(wake, split) if wake is not None else []
+    speech_list = speech_files(speech, split) if speech is not None else []
+    identity = (hashlib.sha1(model_path.read_bytes()).hexdigest()[:16] + _paths_key([c.path for c in clips])
+                + _paths_key(wake_files + speech_list) + f"|{CANDIDATE_THRESHOLD}|{CANDIDATE_PASSES}|{pause_ms}")
+
+    def make(m: Maker) -> list[Example]:
+        model = Model(model_path)
+        windows = [to_float(w) for w in clip_windows([c.path for c in clips], cache)]
+        out: list[Example] = []
+        for snrs in CANDIDATE_PASSES:
+            order = m.rng.permutation(len(clips))
+            for i in range(0, len(order), CANDIDATE_CHUNK):
+                items = [(windows[j], clips[j].label) for j in order[i : i + CANDIDATE_CHUNK]]
+                out += stream_candidates(model, build_stream(items, m.noise, m.rng, snrs), pause_ms)
+        if wake_files:
+            items = [(load_audio(f), UNKNOWN) for f in wake_files]
+            out += stream_candidates(model, build_stream(items, m.noise, m.rng, (20.0, 10.0, 5.0)), pause_ms)
+        if speech_list:
+            out += stream_candidates(model, Stream(np.concatenate(load_long(speech_list, "all"))), pause_ms)
+        return out
+    return identity, make
+
+
 def _paths_key(paths: list[Path]) -> str:
     h = hashlib.sha1()
     for p in paths:
@@ -235,11 +298,14 @@ def group_embeddings(name: str, identity: str, make: Callable[[Maker], list[Exam
 
 
 def split_embeddings(data: Dataset, split: str, speech: Path | None, wake: Path | None, copies: int, espeak: bool,
-                     seed: int, workers: int, cache: Path | None,
-                     log: Callable[[str], None] = print) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """Embeddings and labels of every group of a split."""
+                     seed: int, workers: int, cache: Path | None, log: Callable[[str], None] = print,
+                     first_stage: Path | None = None, pause_ms: float = 0.0) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Embeddings and labels of every group of a split (with ``candidates`` when a first stage is given)."""
     noise = load_long(data.noise_files, "train" if split == "train" else "eval")
     out = {}
-    for name, (identity, make) in group_makers(data, split, speech, wake, copies, espeak, cache).items():
+    groups = group_makers(data, split, speech, wake, copies, espeak, cache)
+    if first_stage is not None:
+        groups["candidates"] = candidate_group(first_stage, data, split, speech, wake, pause_ms, cache)
+    for name, (identity, make) in groups.items():
         out[name] = group_embeddings(name, identity, make, noise, split, seed, workers, cache, log)
     return out

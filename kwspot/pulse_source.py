@@ -68,6 +68,7 @@ class PulseSource(LiveSource):
     """
 
     EARLY_S = 0.002  # wake this long before a block is due
+    WAITED_S = 0.0005  # a read that took longer than this waited for its block to complete
 
     def __init__(self, device: str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
         super().__init__(block_ms)
@@ -105,20 +106,24 @@ class PulseSource(LiveSource):
     def _capture(self, connection: object, block_bytes: int, stop: threading.Event) -> None:
         """Reader thread: blocking reads of one block each, until stopped or the server goes.
 
-        A read wakes for every fragment the server sends (every 20 ms or less when another client asks for
-        low latency), so between reads the thread sleeps until the next block is due, on a grid set by the
-        first block: each read then finds its block (nearly) complete. Behind the grid, it reads at once.
+        A blocking read wakes for every fragment the server sends (every 20 ms or less when another client
+        asks for low latency), so between reads the thread sleeps until its next block is nearly complete.
+        The block's phase is learnt from the reads themselves: a read that had to wait ended as its block
+        did, so the next one is due a block later; a read that found its block complete already (early data,
+        or a backlog after a stall) says nothing of the phase, and the next read comes half a block later,
+        which also catches up on a backlog at twice the rate of the audio.
         """
         block_s = self._block_ms / 1000
-        due = 0.0
         try:
             while not stop.is_set():
+                started = time.monotonic()
                 data = connection.read(block_bytes)  # type: ignore[attr-defined]
                 now = time.monotonic()
                 if not stop.is_set():
                     self._push(np.frombuffer(data, dtype=np.float32))
-                due = max(due + block_s, now - block_s) if due else now + block_s  # lag: restart the grid
-                stop.wait(max(0.0, due - self.EARLY_S - time.monotonic()))
+                waited = now - started > self.WAITED_S
+                pause = block_s - self.EARLY_S if waited else block_s / 2
+                stop.wait(max(0.0, pause - (time.monotonic() - now)))
         except self._pa.PaSimpleError:
             pass  # the main loop sees the thread gone and reopens
         finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,60 @@ def test_no_sound_server_is_a_one_line_error(tmp_path, env):
     assert result.stderr.strip().splitlines() == [
         "kwspot: error: cannot capture the default source from PulseAudio/PipeWire (Connection refused)"
     ]
+
+
+class FakeServer:
+    """A pasimple stand-in: float32 audio at ``rate`` arriving in fragments of ``fragment_s``, with
+    ``backlog_s`` already waiting when the stream opens; a read blocks until its bytes have arrived."""
+
+    PA_STREAM_RECORD, PA_SAMPLE_FLOAT32LE = 2, 5
+
+    class PaSimpleError(Exception):
+        pass
+
+    def __init__(self, fragment_s: float = 0.02, backlog_s: float = 0.0, rate: int = 48000) -> None:
+        self.fragment_s, self.backlog_s, self.rate = fragment_s, backlog_s, rate
+        self.reads: list[tuple[float, int]] = []  # (time the read returned, fragments it waited for)
+
+    def PaSimple(self, *args, **kwargs):  # noqa: N802 - pasimple's name
+        server, start = self, time.monotonic() - self.backlog_s
+
+        class Connection:
+            pos = 0
+
+            def read(self, n: int) -> bytes:
+                waited = 0
+                while True:
+                    arrived = int((time.monotonic() - start) / server.fragment_s) * server.fragment_s
+                    if arrived * server.rate * 4 >= self.pos + n:
+                        break
+                    waited += 1
+                    time.sleep(max(0.0, start + arrived + server.fragment_s - time.monotonic()))
+                server.reads.append((time.monotonic(), waited))
+                self.pos += n
+                return bytes(n)
+
+            def close(self) -> None:
+                pass
+
+        return Connection()
+
+
+def test_the_reader_reads_once_a_block_beside_short_fragments_and_catches_up_a_backlog(monkeypatch):
+    """Fragments every 20 ms must not wake the reader five times a block; audio waiting at the start (as after
+    a stall) is read faster than real time until the reader is back at the present."""
+    from kwspot.pulse_source import PulseSource
+
+    server = FakeServer(fragment_s=0.02, backlog_s=0.5)
+    monkeypatch.setitem(sys.modules, "pasimple", server)
+    source = PulseSource(block_ms=100)
+    try:
+        time.sleep(2.0)
+    finally:
+        source.close()
+    opened = server.reads[0][0]
+    blocks_by = [(t - opened, i + 1) for i, (t, _) in enumerate(server.reads)]
+    assert any(t < 1.2 and n >= (t + 0.5) / 0.1 - 1 for t, n in blocks_by)  # caught up on the backlog within 1.2 s
+    steady = [w for t, w in server.reads if t - opened > 1.2]
+    assert len(steady) >= 5
+    assert sum(steady) <= 1.5 * len(steady)  # about one wait per read, not one per fragment (5 a block)

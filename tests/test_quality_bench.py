@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -65,3 +67,18 @@ def test_mining_keeps_one_window_per_peak():
     scores = np.array([0.1, 0.5, 0.9, 0.6, 0.1, 0.1, 0.1, 0.1, 0.2, 0.7, 0.1])
     assert peaks(scores, 0.3, spacing=2) == [2, 9]
     assert peaks(scores, 0.95, spacing=2) == []
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)")
+def test_training_voices_are_distinct_voices_and_none_is_held_out_by_the_benchmark(quality, tmp_path):
+    """Every training voice really sounds different (espeak-ng ignores an unknown variant silently), and the
+    benchmark's voices, and their accents, stay unheard in training."""
+    from kwspot.train.espeak import ALL_VOICES
+
+    sounds = set()
+    for voice in ALL_VOICES + quality.BENCH_VOICES:
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(tmp_path / "v.wav"), "stop"], check=True)
+        sounds.add((tmp_path / "v.wav").read_bytes())
+    assert len(sounds) == len(ALL_VOICES) + len(quality.BENCH_VOICES)
+    held_out_accents = {v.split("+")[0] for v in quality.BENCH_VOICES} - {"en-us", "en-gb-scotland", "en-029"}
+    assert not {v.split("+")[0] for v in ALL_VOICES} & held_out_accents

@@ -19,6 +19,7 @@ from kwspot.frontend import load_audio
 from kwspot.paths import NAME_MAX
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
 from kwspot.train.data import Dataset, clip_windows, load_long, phrase_files, scan, speech_files
+from kwspot.train.espeak import ALL_VOICES, VOICES, training_voices
 from kwspot.train.loop import LoopSettings
 
 ARCH_DEFAULTS = {
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add other words (many near misses) spoken by espeak-ng as _unknown_")
     parser.add_argument("--espeak-positives", type=Number(0, 100000, integer=True), default=0, metavar="N",
                         help="the keywords said by the voices of --espeak-negatives, N per voice, as positives")
+    parser.add_argument("--espeak-voices", type=Number(1, len(ALL_VOICES), integer=True), default=len(VOICES),
+                        metavar="N", help=f"how many espeak-ng voices speak them (default {len(VOICES)}, "
+                                          f"at most {len(ALL_VOICES)})")
     parser.add_argument("--phrases", action="append", type=Path, default=[], metavar="DIR",
                         help="folder of folders of short recordings of other speech (e.g. wake_phrases); the "
                              "training share (file-name hash) becomes _unknown_")
@@ -108,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
     if args.espeak_negatives:
         from kwspot.train.espeak import espeak_clips
 
-        extra.append(espeak_clips(seed=args.seed))
+        extra.append(espeak_clips(seed=args.seed, voices=training_voices(args.espeak_voices)))
         extra_labels.append(np.full(len(extra[-1]), data.labels.index(UNKNOWN)))
         console.print(f"espeak-ng negatives: {len(extra[-1])} clips")
     if args.espeak_positives:
         from kwspot.train.espeak import espeak_commands
 
-        windows, words = espeak_commands(data.keywords, args.espeak_positives, seed=args.seed)
+        windows, words = espeak_commands(data.keywords, args.espeak_positives, seed=args.seed,
+                                         voices=training_voices(args.espeak_voices))
         extra.append(windows)
         extra_labels.append(np.array([data.labels.index(w) for w in words]))
         console.print(f"espeak-ng positives: {len(windows)} clips")

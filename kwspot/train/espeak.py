@@ -45,17 +45,29 @@ OTHER_WORDS = (
     "answer found study still learn should america world seven eight nine zero happy marvin sheila bird cat "
     "dog bed tree wow visual forward backward"
 ).split()
-VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-scotland+f2", "en-029+m3", "en-gb-x-rp+f4")
+VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-scotland+f2", "en-029+m3", "en-gb-x-rp+f4")  # the default six
+# further training voices (``--espeak-voices`` up to 20): none of the voices bench/quality.py holds out, and none of
+# its three held-out accents (New York, Lancaster, West Midlands)
+MORE_VOICES = ("en-us+m2", "en+m4", "en-gb-x-rp+m6", "en-029+f4", "en-us+klatt", "en+croak", "en-us+Andy",
+               "en+Annie", "en-us+steph", "en-gb-scotland+m5", "en-us+grandma", "en+robert", "en-029+max",
+               "en-gb-x-rp+f1")
+ALL_VOICES = VOICES + MORE_VOICES
 
 
-def espeak_clips(words: tuple[str, ...] | list[str] | None = None, seed: int = 0) -> np.ndarray:
+def training_voices(n: int = len(VOICES)) -> tuple[str, ...]:
+    """The first ``n`` training voices."""
+    return ALL_VOICES[:n]
+
+
+def espeak_clips(words: tuple[str, ...] | list[str] | None = None, seed: int = 0,
+                 voices: Sequence[str] = VOICES) -> np.ndarray:
     """Int16 one-second windows of ``words`` (default: near misses and common words), several voices each."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise KwspotError("--espeak-negatives/--espeak-positives need espeak-ng on PATH (apt-get install espeak-ng)")
     words = list(words or (*NEAR_MISSES, *OTHER_WORDS))
     rng = np.random.default_rng(seed)
-    jobs = [(w, v, int(rng.integers(110, 200)), int(rng.integers(25, 75))) for w in words for v in VOICES]
+    jobs = [(w, v, int(rng.integers(110, 200)), int(rng.integers(25, 75))) for w in words for v in voices]
     key = hashlib.sha1(repr(jobs).encode()).hexdigest()[:16]
     target = cache_dir() / f"espeak-{key}.npy"
     if target.is_file():
@@ -74,11 +86,12 @@ def espeak_clips(words: tuple[str, ...] | list[str] | None = None, seed: int = 0
     return out
 
 
-def espeak_commands(keywords: Sequence[str], per_voice: int = 4, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def espeak_commands(keywords: Sequence[str], per_voice: int = 4, seed: int = 0,
+                    voices: Sequence[str] = VOICES) -> tuple[np.ndarray, list[str]]:
     """The keywords said by the same voices, at the same kinds of speed and pitch, as the negatives.
 
     Used as positives (``kwspot train --espeak-positives``), so that a synthetic voice is
     no sign of ``_unknown_``. Returns int16 windows and their keyword.
     """
     words = [k for k in keywords for _ in range(per_voice)]
-    return espeak_clips(words, seed=seed + 1), [w for w in words for _ in VOICES]
+    return espeak_clips(words, seed=seed + 1, voices=voices), [w for w in words for _ in voices]

@@ -168,7 +168,10 @@ class LiveSource(Source):
 
     def __init__(self, block_ms: int) -> None:
         self._block_ms = block_ms
-        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=max(4, 4000 // block_ms))
+        # SimpleQueue: its put and get are C calls (safe in a PortAudio callback) rather than a Python Condition's
+        # dozens of bytecodes, which count on cold caches every block; _push bounds it
+        self._queue: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        self._max_blocks = max(4, 4000 // block_ms)
         self.overflows = 0  # blocks the sound system reported as overflowed
         self.dropped_blocks = 0  # blocks lost because the main loop fell behind
         self.reconnects = 0
@@ -199,10 +202,10 @@ class LiveSource(Source):
         """Producer side: queue one captured block (mono or frames x channels)."""
         if overflow:
             self.overflows += 1
-        try:
-            self._queue.put_nowait(block)
-        except queue.Full:
+        if self._queue.qsize() >= self._max_blocks:  # the one producer, so no race past the bound
             self.dropped_blocks += 1
+        else:
+            self._queue.put(block)
 
     def _guarded(self, call: Callable[[], None], what: str) -> None:
         """Run a sound-system call in a worker thread; raise AudioSystemHung if it does not return in time."""

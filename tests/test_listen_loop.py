@@ -127,7 +127,7 @@ def test_overflows_and_full_queue_are_counted(fake_sd):
     mic = MicSource(block_ms=50)
     stream = FakeStream.instances[0]
     stream.push(3, overflow=True)
-    stream.push(mic._queue.maxsize + 5)
+    stream.push(mic._max_blocks + 5)
     assert mic.overflows == 3 and mic.dropped_blocks == 8
     assert mic.backlog_samples() > 0
     assert mic.drain() > 0 and mic.backlog_samples() == 0

@@ -63,7 +63,8 @@ def write_card(path: Path, meta: dict[str, Any], metrics: dict[str, dict[str, An
         f"{t['seed']}, noise probability {t['noise_prob']}, unknown ratio {t['unknown_ratio']}, keyword fragments "
         f"{'off' if t['no_fragments'] else 'on'}, SpecAugment {'on' if t.get('specaugment') else 'off'}, espeak-ng "
         f"negatives {'on' if t.get('espeak_negatives') else 'off'}, espeak-ng positives "
-        f"{t.get('espeak_positives') or 0} a voice, phrases {', '.join(t.get('phrases') or []) or 'none'}, "
+        f"{t.get('espeak_positives') or 0} a voice, {t.get('espeak_voices') or 6} espeak-ng voices, "
+        f"phrases {', '.join(t.get('phrases') or []) or 'none'}, "
         f"other words balanced {'per word' if t.get('balance_words') else 'per clip'}, channel augmentation "
         f"{t.get('channel_aug') or 0}, hard negatives {', '.join(t.get('hard_negatives') or []) or 'none'}, "
         f"{t.get('minutes')} minutes.",

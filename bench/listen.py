@@ -132,7 +132,7 @@ def run_mode(mode: str, args: argparse.Namespace, model: Path, tmp: Path, env: d
     stream = build_stream(words=words, gap_s=1.5)
     wav = write_wav(tmp / "stream.wav", stream.audio)
     source, play = (wav, None) if mode == "file" else (None, ["paplay", "-d", "kwsink", str(wav)])
-    extra = BACKEND_FLAGS.get(mode, []) + (["--config", str(args.config)] if args.config else [])
+    extra = BACKEND_FLAGS.get(mode, []) + (["--config", str(args.config.resolve())] if args.config else [])
     variants = [("", env, model)]
     if args.baseline and mode not in BACKEND_FLAGS:  # the same measurement of another tree (may predate the flag)
         # PYTHONSAFEPATH: the working directory (this checkout) must not come before the baseline on sys.path

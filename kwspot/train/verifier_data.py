@@ -208,16 +208,15 @@ def label_at(words: list[Word], t: float) -> str:
 
 
 def stream_candidates(model: Model, stream: Stream, pause_ms: float) -> list[Example]:
-    """The first stage's events on a stream (gate on), as the windows the daemon's verifier would judge."""
+    """The first stage's events on a stream (through the gate if ``pause_ms``), as the windows the daemon's verifier
+    would judge."""
     t, p = stream_probabilities(model, stream.audio)
     settings = DetectorSettings(threshold=CANDIDATE_THRESHOLD, min_pause_ms=pause_ms)
     out = []
     for _, te in replay(model.labels, t, p, settings, levels=hop_levels(stream.audio)[: len(t)]):
         end = int(round(te * SAMPLE_RATE))
-        x = np.zeros(WINDOW, np.float32)
         piece = stream.audio[max(0, end - WINDOW) : end]
-        x[WINDOW - len(piece) :] = piece
-        out.append((x, label_at(stream.words, te)))
+        out.append((np.pad(piece, (WINDOW - len(piece), 0)).astype(np.float32), label_at(stream.words, te)))
     return out
 
 

@@ -67,6 +67,16 @@ class Unavailable(Exception):
 # ---- models -----------------------------------------------------------------------------------------------
 
 
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="a kwspot config for the daemon (say, audio.block_ms: 200); default: none")
+
+
+def config_flags(args: argparse.Namespace) -> list[str]:
+    """The daemon's ``--config`` for ``args.config`` (an absolute path: the daemon runs elsewhere), or none."""
+    return ["--config", str(args.config.resolve())] if args.config else []
+
+
 def add_model_argument(parser: argparse.ArgumentParser, many: bool = False) -> None:
     if many:
         parser.add_argument("--model", "-m", action="append", type=Path, metavar="FILE",

@@ -38,9 +38,11 @@ from common import (
     PacedWriter,
     Stream,
     Unavailable,
+    add_config_argument,
     add_model_argument,
     build_stream,
     check_model,
+    config_flags,
     daemon_env,
     describe_model,
     fmt,
@@ -83,7 +85,7 @@ def match(stream: Stream, events: list[tuple[float, dict]], wall_at: Callable[[f
 def run_mode(mode: str, args: argparse.Namespace, model: Path, stream: Stream, tmp: Path) -> dict:
     sock = tmp / f"{mode}.sock"
     base = ["listen", "--model", str(model), "--socket", str(sock), "--no-console", "--log-level", "info"]
-    base += ["--config", str(args.config.resolve())] if args.config else []
+    base += config_flags(args)
     if mode == "stdin":
         daemon = Daemon(kwspot_cmd(*base, "--input", "-", "--rate", "8000", pin=args.pin), daemon_env(),
                         stdin=subprocess.PIPE)
@@ -137,8 +139,7 @@ def main() -> int:
     parser.add_argument("--words", type=int, default=30, help="keywords in the stream (default 30, ~75 s)")
     parser.add_argument("--modes", default="stdin,file,pulse", help="comma-separated, of: " + ", ".join(MODES))
     parser.add_argument("--pin", action="store_true", help="run the daemon under taskset -c 0")
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="a kwspot config for the daemon (say, audio.block_ms: 200); default: none")
+    add_config_argument(parser)
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if bad := set(modes) - set(MODES):

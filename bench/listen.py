@@ -35,9 +35,11 @@ from common import (
     EventClient,
     Sampler,
     Unavailable,
+    add_config_argument,
     add_model_argument,
     build_stream,
     check_model,
+    config_flags,
     cpu_seconds,
     daemon_env,
     describe_model,
@@ -132,7 +134,7 @@ def run_mode(mode: str, args: argparse.Namespace, model: Path, tmp: Path, env: d
     stream = build_stream(words=words, gap_s=1.5)
     wav = write_wav(tmp / "stream.wav", stream.audio)
     source, play = (wav, None) if mode == "file" else (None, ["paplay", "-d", "kwsink", str(wav)])
-    extra = BACKEND_FLAGS.get(mode, []) + (["--config", str(args.config.resolve())] if args.config else [])
+    extra = BACKEND_FLAGS.get(mode, []) + config_flags(args)
     variants = [("", env, model)]
     if args.baseline and mode not in BACKEND_FLAGS:  # the same measurement of another tree (may predate the flag)
         # PYTHONSAFEPATH: the working directory (this checkout) must not come before the baseline on sys.path
@@ -170,8 +172,7 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also measure the kwspot in DIR/kwspot (e.g. `git archive REV kwspot | tar -x -C DIR`) "
                              "in the same run, for before/after rows")
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="a kwspot config for the daemon (say, audio.block_ms: 200); default: none")
+    add_config_argument(parser)
     parser.add_argument("--baseline-model", type=Path, metavar="FILE",
                         help="the model the baseline runs (default: the same as the other rows; an older tree may "
                              "not read a newer model: `git archive REV models | tar -x -C DIR`, then DIR/models/...)")

@@ -158,8 +158,7 @@ def main() -> None:
                 *streams], sweep_rows)
     print_table("the same false-accept budget spent by first-stage thresholds alone or with the verifier "
                 "(first-stage thresholds picked on this material)", ["first stage", "verifier", "FA budget",
-                "hits", "false accepts"], budget_rows(model, streams, probs, levels, signals, base,
-                                                                         totals))
+                "hits", "false accepts"], budget_rows(model, streams, probs, levels, signals, base, totals))
 
 
 def budget_rows(model: Model, streams: dict[str, Stream], probs: dict, levels: dict[str, np.ndarray],

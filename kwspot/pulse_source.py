@@ -67,7 +67,9 @@ class PulseSource(LiveSource):
     by its reader thread, which frees it; a loss ends the thread and the main loop reopens with backoff.
     """
 
-    EARLY_S = 0.002  # wake this long before a block is due
+    EARLY_S = 0.002  # a probe read starts this long before its block is due
+    LATE_S = 0.004  # any other read starts this long after, when its block is already there
+    PROBE_EVERY = 20  # blocks between probe reads (the clocks of the card and of this machine drift apart)
     WAITED_S = 0.0005  # a read that took longer than this waited for its block to complete
 
     def __init__(self, device: str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
@@ -104,16 +106,19 @@ class PulseSource(LiveSource):
         self._opened()
 
     def _capture(self, connection: object, block_bytes: int, stop: threading.Event) -> None:
-        """Reader thread: blocking reads of one block each, until stopped or the server goes.
+        """Reader thread: one read a block, until stopped or the server goes.
 
-        A blocking read wakes for every fragment the server sends (every 20 ms or less when another client
-        asks for low latency), so between reads the thread sleeps until its next block is nearly complete.
-        The block's phase is learnt from the reads themselves: a read that had to wait ended as its block
-        did, so the next one is due a block later; a read that found its block complete already (early data,
-        or a backlog after a stall) says nothing of the phase, and the next read comes half a block later,
-        which also catches up on a backlog at twice the rate of the audio.
+        A read that has to wait wakes for every fragment the server sends (every 20 ms or less when another
+        client asks for low latency), so the thread sleeps between reads, and most reads start just after
+        their block is complete: they return at once, one wake-up a block. The phase of the blocks is learnt
+        from reads that had to wait, which ended as their block did. A probe read, every ``PROBE_EVERY``
+        blocks, starts just before its block is due to check the phase; a probe that finds its block complete
+        already (early data, or a backlog after a stall) says nothing of the phase, so probes follow every half
+        block, which also catches up on a backlog at twice the rate of the audio, until one has to wait.
         """
         block_s = self._block_ms / 1000
+        due: float | None = None  # when the next block completes, once known
+        count = 0
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -121,9 +126,17 @@ class PulseSource(LiveSource):
                 now = time.monotonic()
                 if not stop.is_set():
                     self._push(np.frombuffer(data, dtype=np.float32))
-                waited = now - started > self.WAITED_S
-                pause = block_s - self.EARLY_S if waited else block_s / 2
-                time.sleep(max(0.0, pause - (time.monotonic() - now)))  # a C call: cheaper than an Event's wait
+                count += 1
+                probed = due is None or count % self.PROBE_EVERY == 0
+                if now - started > self.WAITED_S:
+                    due = now + block_s  # this block completed just now
+                elif probed:
+                    due = None  # complete before its time: phase unknown, or a backlog
+                else:
+                    due += block_s
+                probe = due is None or (count + 1) % self.PROBE_EVERY == 0
+                wake = now + block_s / 2 if due is None else due - self.EARLY_S if probe else due + self.LATE_S
+                time.sleep(max(0.0, wake - time.monotonic()))  # a C call: cheaper than an Event's wait
         except self._pa.PaSimpleError:
             pass  # the main loop sees the thread gone and reopens
         finally:

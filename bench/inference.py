@@ -31,6 +31,7 @@ from common import (
 )
 from common import median as med
 
+from kwspot.argtypes import Number
 from kwspot.detector import Detector
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import Model
@@ -86,8 +87,10 @@ def scaled(value: object, unit: float, suffix: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_argument(parser, many=True)
-    parser.add_argument("--windows", type=int, default=2000, help="timed windows per model (default 2000)")
-    parser.add_argument("--warmup", type=int, default=200, help="untimed windows first (default 200)")
+    parser.add_argument("--windows", type=Number(1, 10**7, integer=True), default=2000,
+                        help="timed windows per model (default 2000)")
+    parser.add_argument("--warmup", type=Number(0, 10**7, integer=True), default=200,
+                        help="untimed windows first (default 200)")
     parser.add_argument("--pin", action="store_true", help="run on CPU 0 only (sched_setaffinity)")
     args = parser.parse_args()
     if args.pin:

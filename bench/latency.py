@@ -54,6 +54,7 @@ from common import (
     write_wav,
 )
 
+from kwspot.argtypes import Number
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import bundled_model_path
 
@@ -136,7 +137,8 @@ def run_mode(mode: str, args: argparse.Namespace, model: Path, stream: Stream, t
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_argument(parser)
-    parser.add_argument("--words", type=int, default=30, help="keywords in the stream (default 30, ~75 s)")
+    parser.add_argument("--words", type=Number(1, 10000, integer=True), default=30,
+                        help="keywords in the stream (default 30, ~75 s)")
     parser.add_argument("--modes", default="stdin,file,pulse", help="comma-separated, of: " + ", ".join(MODES))
     parser.add_argument("--pin", action="store_true", help="run the daemon under taskset -c 0")
     add_config_argument(parser)

@@ -51,6 +51,7 @@ from common import (
     write_wav,
 )
 
+from kwspot.argtypes import Number
 from kwspot.model import bundled_model_path
 
 MIB = 1024.0
@@ -161,14 +162,16 @@ def run_mode(mode: str, args: argparse.Namespace, model: Path, tmp: Path, env: d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_argument(parser)
-    parser.add_argument("--seconds", type=float, default=60, help="measured seconds per mode (default 60)")
-    parser.add_argument("--warmup", type=float, default=5, help="seconds after start-up not measured (default 5)")
+    parser.add_argument("--seconds", type=Number(1, 86400), default=60, help="measured seconds per mode (default 60)")
+    parser.add_argument("--warmup", type=Number(0, 3600), default=5,
+                        help="seconds after start-up not measured (default 5)")
     parser.add_argument("--pin", action="store_true", help="run the daemon under taskset -c 0 (one core)")
     parser.add_argument("--pulse", action="store_true", help="also measure the PulseAudio capture path")
     parser.add_argument("--no-file", action="store_true", help="skip the file-source mode")
-    parser.add_argument("--neighbour-ms", type=int, default=20,
+    parser.add_argument("--neighbour-ms", type=Number(1, 2000, integer=True), default=20,
                         help="latency the other capture client of the PulseAudio monitor asks for (default 20)")
-    parser.add_argument("--startup-runs", type=int, default=3, help="fresh processes timed for start-up")
+    parser.add_argument("--startup-runs", type=Number(1, 100, integer=True), default=3,
+                        help="fresh processes timed for start-up")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also measure the kwspot in DIR/kwspot (e.g. `git archive REV kwspot | tar -x -C DIR`) "
                              "in the same run, for before/after rows")

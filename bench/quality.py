@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from kwspot import UNKNOWN, modelfile
+from kwspot.argtypes import Number, NumberList
 from kwspot.detector import DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, fit_window, load_audio
@@ -336,12 +337,12 @@ def add_material_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_material_arguments(parser)
-    parser.add_argument("--min-pause-ms", default=None,
+    parser.add_argument("--min-pause-ms", default=None, type=NumberList(0, 10000),
                         help="isolated-command gate, comma separated for several tables (default: the sidecar's "
                              "detector setting, else off)")
     parser.add_argument("--split", default="testing", choices=("testing", "validation"),
                         help="validation: for choosing settings; the table of record is testing")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=Number(0, 2**32 - 1, integer=True), default=0)
     parser.add_argument("--verifier", default="on", choices=("on", "off"),
                         help="off: leave out the verifier a sidecar names (the first stage alone)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")

@@ -26,6 +26,7 @@ import numpy as np
 import soxr
 from common import add_model_argument, build_stream, describe_model, fmt, print_table, to_pcm16
 
+from kwspot.argtypes import Number
 from kwspot.detector import Detector
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import Model, bundled_model_path
@@ -76,8 +77,9 @@ def timed(run: Callable[[], int]) -> tuple[float, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_argument(parser)
-    parser.add_argument("--minutes", type=float, default=10.0, help="length of the audio (default 10)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per engine; median shown")
+    parser.add_argument("--minutes", type=Number(0.1, 1440), default=10.0, help="length of the audio (default 10)")
+    parser.add_argument("--repeats", type=Number(1, 100, integer=True), default=3,
+                        help="alternating runs per engine; median shown")
     parser.add_argument("--pin", action="store_true", help="run on CPU 0 only")
     args = parser.parse_args()
     if args.pin:

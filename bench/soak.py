@@ -48,6 +48,7 @@ from common import (
     to_pcm16,
 )
 
+from kwspot.argtypes import Number
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import bundled_model_path
 
@@ -123,12 +124,13 @@ def run(args: argparse.Namespace, model: Path, stream: Stream, repeats: int, tmp
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_argument(parser)
-    parser.add_argument("--hours", type=float, default=2.0, help="hours of audio (default 2)")
-    parser.add_argument("--period-minutes", type=float, default=5.0, help="length of the repeated stream")
+    parser.add_argument("--hours", type=Number(0.001, 1000), default=2.0, help="hours of audio (default 2)")
+    parser.add_argument("--period-minutes", type=Number(0.1, 1440), default=5.0, help="length of the repeated stream")
     parser.add_argument("--via", choices=["stdin", "file"], default="stdin", help="how the audio gets in")
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between samples (default 2)")
-    parser.add_argument("--churn", type=int, default=2, help="clients that connect and hang up per sample")
-    parser.add_argument("--max-growth-mb", type=float, default=5.0, help="RSS growth allowed after warm-up")
+    parser.add_argument("--interval", type=Number(0.1, 3600), default=2.0, help="seconds between samples (default 2)")
+    parser.add_argument("--churn", type=Number(0, 1000, integer=True), default=2,
+                        help="clients that connect and hang up per sample")
+    parser.add_argument("--max-growth-mb", type=Number(0, 100000), default=5.0, help="RSS growth allowed after warm-up")
     args = parser.parse_args()
     model = args.model or bundled_model_path()
     try:

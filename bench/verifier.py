@@ -24,6 +24,7 @@ import numpy as np
 from common import SPEECH_COMMANDS, print_table
 
 from kwspot import UNKNOWN
+from kwspot.argtypes import Number
 from kwspot.config import DEFAULTS
 from kwspot.detector import DetectorSettings
 from kwspot.frontend import load_audio
@@ -80,8 +81,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SPEECH_COMMANDS)
     parser.add_argument("--model", type=Path, default=None, help="model .tflite (default: the bundled model)")
     parser.add_argument("--save", action="store_true", help="write per-keyword verifier thresholds (validation)")
-    parser.add_argument("--max-hit-loss", type=float, default=0.02, help="share of a keyword's hits --save may lose")
-    parser.add_argument("--min-pause-ms", type=float, default=None,
+    parser.add_argument("--max-hit-loss", type=Number(0, 1), default=0.02,
+                        help="share of a keyword's hits --save may lose")
+    parser.add_argument("--min-pause-ms", type=Number(0, 10000), default=None,
                         help="isolated-command gate of the first stage (default: config.yaml's)")
     args = parser.parse_args()
     if args.save and args.split != "validation":

@@ -25,6 +25,7 @@ import numpy as np
 import soxr
 from common import build_stream, cpu_seconds, daemon_env, fmt, percentile, print_table
 
+from kwspot.argtypes import Number, NumberList
 from kwspot.frontend import SAMPLE_RATE
 
 RATE, CHUNK = 16000, 1024
@@ -93,9 +94,11 @@ async def run_many(port: int, pcm: bytes, n: int, paced: bool) -> list[tuple[lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--words", type=int, default=20)
-    parser.add_argument("--clients", default="1,4,16")
-    parser.add_argument("--paced", default="1,8")
+    parser.add_argument("--words", type=Number(1, 10000, integer=True), default=20)
+    parser.add_argument("--clients", default="1,4,16", type=NumberList(1, 256, integer=True),
+                        help="concurrent clients per row, comma separated (the daemon serves 256 at most)")
+    parser.add_argument("--paced", default="1,8", type=NumberList(1, 256, integer=True),
+                        help="the same, for clients that send in real time")
     args = parser.parse_args()
     stream = build_stream(args.words)
     audio16 = soxr.resample(stream.audio, SAMPLE_RATE, RATE)

@@ -36,10 +36,10 @@ class Number:
 class NumberList:
     """A comma-separated list of numbers in range, or one of ``words`` (e.g. ``clean``), kept as text."""
 
-    def __init__(self, low: float, high: float, words: tuple[str, ...] = ()) -> None:
-        self.item = Number(low, high)
+    def __init__(self, low: float, high: float, words: tuple[str, ...] = (), integer: bool = False) -> None:
+        self.item = Number(low, high, integer)
         self.low, self.high, self.words = low, high, words
-        self.__name__ = "list of numbers"
+        self.__name__ = "list of whole numbers" if integer else "list of numbers"
 
     def __call__(self, text: str) -> str:
         if text.strip().lower() in self.words:

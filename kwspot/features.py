@@ -83,10 +83,11 @@ class LogMelFrontEnd:
         self.reused_frames = 0  # frames copied from the previous window rather than computed
 
     def _compute(self, audio: np.ndarray, first: int) -> np.ndarray:
-        """Features of frames ``first`` .. the last of a window."""
-        parts = audio[self._frame_index[first:]] @ self._dft
+        """Features of frames ``first`` .. the last of a window (or of each window of a batch)."""
+        frames = audio[..., self._frame_index[first:]]
+        parts = (frames.reshape(-1, self.spec.frame) @ self._dft).reshape(*frames.shape[:-1], -1)  # one 2-D product
         np.square(parts, out=parts)
-        power = parts[:, : self._bins] + parts[:, self._bins :]
+        power = parts[..., : self._bins] + parts[..., self._bins :]
         mel = power @ self._mel
         mel += self.spec.floor
         np.log(mel, out=mel)
@@ -114,6 +115,10 @@ class LogMelFrontEnd:
             if moved != tried and np.array_equal(audio[: size - moved * hop], last[moved * hop :]):
                 return moved
         return 0
+
+    def batch(self, windows: np.ndarray) -> np.ndarray:
+        """Features (n, frames, mels) of n unrelated windows (n, samples), computed together."""
+        return self._compute(np.ascontiguousarray(windows, dtype=np.float32).reshape(-1, self.window_samples), 0)
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
         audio = np.ascontiguousarray(window, dtype=np.float32).reshape(self.window_samples)

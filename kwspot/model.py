@@ -110,6 +110,17 @@ class Model:
         """Per-keyword thresholds stored with the model (may be empty)."""
         return dict(self.file.thresholds)
 
+    def predict_batch(self, windows: np.ndarray) -> np.ndarray:
+        """Probabilities (n, labels) for n unrelated raw windows (n, window_samples), features computed together."""
+        windows = np.asarray(windows, dtype=np.float32).reshape(-1, self.window_samples)
+        fed = windows if self.front_end is None else self.front_end.batch(windows)
+        out = np.empty((len(windows), len(self.labels)), np.float32)
+        for i, x in enumerate(fed):
+            self._interpreter.set_tensor(self._input["index"], x.reshape(self._input_shape))
+            self._interpreter.invoke()
+            out[i] = self._interpreter.get_tensor(self._output["index"])[0]
+        return out
+
     def predict(self, window: np.ndarray) -> np.ndarray:
         """Probabilities for one raw 8 kHz window of ``window_samples`` floats."""
         window = np.asarray(window, dtype=np.float32).reshape(self.window_samples)

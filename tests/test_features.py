@@ -66,3 +66,13 @@ def test_the_numpy_front_end_matches_the_training_graph():
         graph = layer(window[None]).numpy()[0]
         ours = LogMelFrontEnd(SPEC, WINDOW_SAMPLES, SAMPLE_RATE)(window)
         np.testing.assert_allclose(ours, graph, atol=2e-3)
+
+
+def test_a_batch_of_unrelated_windows_gets_the_same_probabilities_as_one_at_a_time():
+    """``Model.predict_batch`` (the front end over many windows at once, as training's teachers use it)."""
+    from kwspot.model import Model, bundled_model_path
+
+    windows = np.random.default_rng(4).normal(0, 0.05, (5, 8000)).astype(np.float32)
+    windows[2] = 0.0
+    one_by_one = np.stack([Model(bundled_model_path()).predict(w) for w in windows])  # fresh: no frame reuse
+    np.testing.assert_allclose(Model(bundled_model_path()).predict_batch(windows), one_by_one, atol=1e-6)

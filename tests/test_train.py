@@ -184,3 +184,47 @@ def test_train_without_tensorflow_says_how_to_get_it(monkeypatch: pytest.MonkeyP
 
     with pytest.raises(KwspotError, match=r"pip install 'kwspot\[train\]'"):
         require_tensorflow()
+
+
+def test_teachers_soften_the_labels_by_their_mean_probabilities():
+    from kwspot.model import Model, bundled_model_path
+    from kwspot.train.distill import Teachers
+
+    path = bundled_model_path()
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 0.05, (3, SAMPLE_RATE)).astype(np.float32)
+    y = np.array([0, 5, 11])
+    teacher = np.stack([Model(path).predict(w) for w in x])
+    both = Teachers([path, path], LABELS, 0.25, SAMPLE_RATE)
+    np.testing.assert_allclose(both.probabilities(x), teacher, atol=1e-6)  # two equal teachers: their own answer
+    targets = both.targets(x, y)
+    np.testing.assert_allclose(targets, 0.75 * np.eye(12)[y] + 0.25 * teacher, atol=1e-6)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(Teachers([path], LABELS, 0.0, SAMPLE_RATE).targets(x, y), np.eye(12)[y])
+
+
+def test_a_teacher_with_other_labels_or_window_is_refused_by_name():
+    from kwspot.model import bundled_model_path
+    from kwspot.train.distill import Teachers
+
+    with pytest.raises(KwspotError, match=r"kwspot\.tflite: teacher labels .* differ"):
+        Teachers([bundled_model_path()], list(reversed(LABELS)), 0.5, SAMPLE_RATE)
+    with pytest.raises(KwspotError, match=r"kwspot\.tflite: teacher window of 8000 samples"):
+        Teachers([bundled_model_path()], LABELS, 0.5, 2 * SAMPLE_RATE)
+
+
+@pytest.mark.skipif(not HAVE_TF, reason="TensorFlow (the train extra) is not installed")
+def test_train_distils_from_a_teacher_end_to_end(tiny_data: Path, tmp_path: Path):
+    from kwspot.model import bundled_model_path
+    from kwspot.train import command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    out = tmp_path / "student"
+    args = parser.parse_args(["--data", str(tiny_data), "--out", str(out), "--epochs", "1",
+                              "--teacher", str(bundled_model_path()), "--distill-weight", "0.3",
+                              "--cache", str(tmp_path / "cache")])
+    assert command.run(args) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["training"]["teacher"] == [str(bundled_model_path())] and meta["training"]["distill_weight"] == 0.3
+    assert "distilled from" in out.with_suffix(".md").read_text()

@@ -15,7 +15,7 @@ from rich.console import Console
 from kwspot import KEYWORDS, UNKNOWN, modelfile
 from kwspot.argtypes import Number
 from kwspot.errors import KwspotError
-from kwspot.frontend import load_audio
+from kwspot.frontend import WINDOW_SAMPLES, load_audio
 from kwspot.paths import NAME_MAX
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
 from kwspot.train.data import Dataset, clip_windows, load_long, phrase_files, scan, speech_files
@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of examples sent through a random room/microphone (reverb, EQ, level)")
     parser.add_argument("--hard-negatives", type=Path, action="append", default=[], metavar="NPY",
                         help="mined windows (python -m kwspot.train.mine) to train on as _unknown_")
+    parser.add_argument("--teacher", type=Path, action="append", default=[], metavar="MODEL",
+                        help="distil from this trained .tflite (repeatable: the teachers are averaged)")
+    parser.add_argument("--distill-weight", type=Number(0.0, 1.0), default=0.5, metavar="W",
+                        help="share of the teachers' probabilities in each target, the rest the label (default 0.5)")
     parser.add_argument("--no-fragments", action="store_true", help="do not train on keyword halves as _unknown_")
     parser.add_argument("--specaugment", action="store_true", help="mask log-mel bands and frames while training")
     parser.add_argument("--noise-prob", type=Number(0.0, 1.0), default=0.8,
@@ -96,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         phrase_files(folder)
     for path in args.hard_negatives:
         _load_windows(path)
+    from kwspot.train.distill import Teachers
+
+    teachers = Teachers(args.teacher, data.labels, args.distill_weight, WINDOW_SAMPLES) if args.teacher else None
     require_tensorflow()
     from kwspot.train import export, loop, models
 
@@ -145,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     models.set_normalisation(model, [make_batch(train_src, plan[i : i + 256], aug, rng)[0]
                                      for i in range(0, len(plan), 256)])
     out: Path = args.out
-    best = loop.train(model, train_src, val, aug, settings, out.with_suffix(".csv"), console)
+    best = loop.train(model, train_src, val, aug, settings, out.with_suffix(".csv"), console, teachers)
     macs = models.count_macs(model)
     meta: dict[str, Any] = {
         "labels": list(data.labels),

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kwspot.train import require_tensorflow
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, make_batch
+from kwspot.train.distill import Teachers
 
 
 @dataclass
@@ -35,14 +36,16 @@ def train(
     loop: LoopSettings,
     log_path: Path,
     console: Console,
+    teachers: Teachers | None = None,
 ) -> dict[str, Any]:
-    """Fit ``model`` in place, keeping the weights of the best validation epoch."""
+    """Fit ``model`` in place, keeping the weights of the best validation epoch (soft targets with ``teachers``)."""
     tf = require_tensorflow()
     import keras
 
     keras.utils.set_random_seed(loop.seed)
     tf.config.experimental.enable_op_determinism()
-    model.compile(optimizer=keras.optimizers.Adam(loop.lr), loss="sparse_categorical_crossentropy")
+    loss = "categorical_crossentropy" if teachers else "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.Adam(loop.lr), loss=loss)
     rng = np.random.default_rng(loop.seed)
     best: dict[str, Any] = {"val_accuracy": -1.0, "epoch": 0}
     best_weights = model.get_weights()
@@ -56,7 +59,7 @@ def train(
             t0 = time.monotonic()
             lr = loop.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / loop.epochs))
             model.optimizer.learning_rate.assign(lr)
-            loss, acc = _epoch(model, src, aug, loop, rng, epoch, console)
+            loss, acc = _epoch(model, src, aug, loop, rng, epoch, console, teachers)
             val_loss, val_acc = evaluate_arrays(model, *val)
             seconds = time.monotonic() - t0
             writer.writerow([epoch, f"{lr:.6g}", f"{loss:.4f}", f"{acc:.4f}", f"{val_loss:.4f}", f"{val_acc:.4f}",
@@ -84,7 +87,7 @@ def train(
 
 
 def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, rng: np.random.Generator,
-           epoch: int, console: Console) -> tuple[float, float]:
+           epoch: int, console: Console, teachers: Teachers | None) -> tuple[float, float]:
     plan = epoch_plan(src, aug, rng)
     steps = math.ceil(len(plan) / loop.batch)
     losses, correct = [], 0
@@ -95,7 +98,8 @@ def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, r
         for step in range(steps):
             rows = plan[step * loop.batch : (step + 1) * loop.batch]
             x, y = make_batch(src, rows, aug, rng)
-            loss = float(np.asarray(model.train_on_batch(x, y)).ravel()[0])
+            target = y if teachers is None else teachers.targets(x, y)
+            loss = float(np.asarray(model.train_on_batch(x, target)).ravel()[0])
             losses.append(loss)
             if step % 20 == 0:
                 correct += int((np.argmax(model.predict_on_batch(x), axis=1) == y).sum())

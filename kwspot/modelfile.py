@@ -66,10 +66,15 @@ class ModelFile:
         return keywords_of(self.labels)
 
 
-def _whole(meta: dict[str, Any], key: str, default: int, path: Path) -> int:
+MAX_WINDOW_S = 10  # a longer window is not a keyword model's (and would be gigabytes of frame indexes)
+
+
+def _whole(meta: dict[str, Any], key: str, default: int, path: Path, high: int = 10**6) -> int:
     value = meta.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise KwspotError(f"{path}: sidecar '{key}' must be a positive whole number, not {value!r:.40}")
+    if value > high:
+        raise KwspotError(f"{path}: sidecar '{key}' is {value}, more than {high} (not a keyword model's)")
     return value
 
 
@@ -141,7 +146,7 @@ def check(meta: Any, path: Path) -> ModelFile:
         raise KwspotError(f"{path}: sidecar 'labels' name no keyword (every label starts with '_')")
     thresholds = check_thresholds(meta.get("thresholds") or {}, keywords_of(labels), f"{path}: thresholds")
     sample_rate = _whole(meta, "sample_rate", 8000, path)
-    window_samples = _whole(meta, "window_samples", 8000, path)
+    window_samples = _whole(meta, "window_samples", 8000, path, high=MAX_WINDOW_S * sample_rate)
     return ModelFile(
         path=path,
         labels=tuple(labels),

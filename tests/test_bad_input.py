@@ -167,6 +167,10 @@ CASES = {
         '{"labels": ["_silence_", "yes"], "thresholds": {"halt": 0.5}}'))), ["thr3.json", "halt"]),
     "sidecar window not a number": (with_model(lambda tmp: copy_model(tmp, "win", sidecar=(
         '{"labels": ["_silence_", "yes"], "window_samples": "1s"}'))), ["win.json", "window_samples"]),
+    "sidecar window of a billion seconds": (with_model(lambda tmp: copy_model(tmp, "huge", sidecar=bundled_sidecar(
+        window_samples=8 * 10**12))), ["huge.json", "window_samples", "more than 80000"]),
+    "sidecar sample rate of a terahertz": (with_model(lambda tmp: copy_model(tmp, "thz", sidecar=bundled_sidecar(
+        sample_rate=10**12))), ["thz.json", "sample_rate"]),
     "labels do not fit model": (
         with_model(lambda tmp: copy_model(tmp, "few", sidecar=bundled_sidecar(labels=["yes", "no"], thresholds={}))),
         ["few.tflite", "2 labels"]

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from kwspot import __version__, interrupt
+from kwspot import MAX_RATE, MIN_RATE, __version__, interrupt
 from kwspot.argtypes import Number, command_line
 from kwspot.errors import KwspotError
 
@@ -26,7 +26,7 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
     src.add_argument("--backend", choices=["auto", "pulse", "portaudio"],
                      help="capture through PulseAudio/PipeWire or PortAudio (default auto: the sound server "
                      "for the default input when one runs)")
-    src.add_argument("--rate", "-r", type=Number(1000, 384000, integer=True), metavar="HZ",
+    src.add_argument("--rate", "-r", type=Number(MIN_RATE, MAX_RATE, integer=True), metavar="HZ",
                      help="capture rate (default: the device's; stdin 16000)")
     src.add_argument("--input", "-i", metavar="FILE", help="read a WAV/FLAC file, or '-' for raw S16_LE mono on stdin")
     src.add_argument("--fast", action="store_true", help="with --input FILE: as fast as possible, not real time")

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kwspot import MAX_RATE, MIN_RATE
 from kwspot.checks import Check, choice, number, optional, show, string
 from kwspot.errors import KwspotError
 from kwspot.paths import checked
@@ -69,7 +70,7 @@ def _thresholds(key: str, value: Any) -> dict[str, float]:
 CHECKS: dict[str, Check] = {
     "audio.backend": choice("auto", "pulse", "portaudio"),
     "audio.device": optional(_device),
-    "audio.rate": optional(number(1000, 384000, integer=True)),
+    "audio.rate": optional(number(MIN_RATE, MAX_RATE, integer=True)),
     "audio.block_ms": number(5, 500, integer=True),
     "audio.max_lag_ms": number(100, 10000, integer=True),
     "model.path": optional(string),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soxr
 
+from kwspot import MAX_RATE, MIN_RATE
 from kwspot.errors import KwspotError
 from kwspot.paths import checked, shown
 
@@ -68,6 +69,9 @@ def open_audio(path: str | Path) -> soundfile.SoundFile:
     if audio.frames == 0:
         audio.close()
         raise KwspotError(f"{shown(path)}: audio file holds no samples")
+    if not MIN_RATE <= audio.samplerate <= MAX_RATE:
+        audio.close()
+        raise KwspotError(f"{shown(path)}: sample rate {audio.samplerate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
     return audio
 
 

@@ -38,7 +38,7 @@ from wyoming.info import Attribution, Describe, Info, WakeModel, WakeProgram
 from wyoming.server import AsyncEventHandler, AsyncServer
 from wyoming.wake import Detect, Detection, NotDetected
 
-from kwspot import __version__, interrupt
+from kwspot import MAX_RATE, MIN_RATE, __version__, interrupt
 from kwspot.argtypes import Number
 from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
@@ -57,7 +57,6 @@ DEFAULT_ZEROCONF_NAME = "kwspot"
 PROGRAM = "kwspot"
 DATA_SET = Attribution(name="Speech Commands (Warden, 2018), CC BY 4.0", url="https://arxiv.org/abs/1804.03209")
 PROGRAM_ATTRIBUTION = Attribution(name="kwspot", url="https://pypi.org/project/kwspot/")
-MAX_RATE = 384000
 MAX_CHANNELS = 32
 
 
@@ -114,7 +113,7 @@ def describe(model: Model, keywords: Sequence[str]) -> Info:
 def _audio_format(data: dict[str, Any]) -> tuple[int, int, int]:
     """(rate, width, channels) of an audio-start/-chunk, checked."""
     rate, width, channels = data.get("rate"), data.get("width"), data.get("channels")
-    for name, value, low, high in (("rate", rate, 1000, MAX_RATE), ("width", width, 1, 4),
+    for name, value, low, high in (("rate", rate, MIN_RATE, MAX_RATE), ("width", width, 1, 4),
                                    ("channels", channels, 1, MAX_CHANNELS)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"audio {name} must be a whole number from {low} to {high}, not {value!r}")

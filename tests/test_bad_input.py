@@ -36,6 +36,19 @@ def wav(subtype: str, rate: int = 16000, channels: int = 1) -> Callable[[Path], 
     return make
 
 
+def wav_header_rate(rate: int, command: str = "listen") -> Callable[[Path], list[str]]:
+    """A good 16-bit WAV whose header claims ``rate`` (written at 8 kHz, then the header's rate patched)."""
+    def make(tmp: Path) -> list[str]:
+        path = tmp / f"claims_{rate}.wav"
+        soundfile.write(path, tone(8000), 8000, subtype="PCM_16")
+        data = bytearray(path.read_bytes())
+        data[24:32] = rate.to_bytes(4, "little") + (rate * 2 % 2**32).to_bytes(4, "little")
+        path.write_bytes(data)
+        return ["listen", "--input", str(path), "--fast"] if command == "listen" else ["predict", str(path)]
+
+    return make
+
+
 def listen_file(content: bytes, name: str = "in.wav") -> Callable[[Path], list[str]]:
     def make(tmp: Path) -> list[str]:
         (tmp / name).write_bytes(content)
@@ -136,6 +149,9 @@ CASES = {
     "float wav": (wav("FLOAT"), WORKS),
     "stereo wav": (wav("PCM_16", channels=2), WORKS),
     "96 kHz wav": (wav("PCM_16", rate=96000), WORKS),
+    "wav claiming 999 Hz": (wav_header_rate(999), ["claims_999.wav", "999 Hz"]),
+    "wav claiming 2**31-1 Hz": (wav_header_rate(2**31 - 1), ["claims_2147483647.wav", "2147483647 Hz"]),
+    "predict a clip claiming 7 Hz": (wav_header_rate(7, "predict"), ["claims_7.wav", "7 Hz"]),
     "6-channel 44.1 kHz wav": (wav("PCM_16", rate=44100, channels=6), WORKS),
     # config
     "unknown config key": (with_config("detector:\n  treshold: 0.5\n"), ["kw.yaml", "detector.treshold"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import stat
@@ -13,6 +14,8 @@ from typing import TextIO
 from kwspot.errors import KwspotError
 from kwspot.paths import checked
 from kwspot.sinks.socket import check_owner, check_peer, socket_path_candidates
+
+MAX_LINE = 65536  # bytes; an event is a few hundred
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,17 +84,19 @@ def run_events(socket_path: str | os.PathLike[str] | None = None, out: TextIO | 
 
     Returns 0 on Ctrl-C or when ``out`` is a closed pipe (``| grep -m1 stop``),
     1 when the daemon closes the connection; raises KwspotError if no daemon
-    can be reached.
+    can be reached, or if what answers sends something other than events.
     """
     out = sys.stdout if out is None else out
     path = resolve_socket_path(socket_path)
     try:
         sock = connect(path)
         with sock, sock.makefile("rb") as lines:
-            for line in lines:
+            while line := lines.readline(MAX_LINE + 1):
                 if not line.endswith(b"\n"):
+                    if len(line) > MAX_LINE:
+                        raise KwspotError(f"{path}: sent a line of over {MAX_LINE} bytes, not a kwspot event")
                     break  # the daemon never sends partial lines; a cut one means it went away
-                out.write(line.decode("utf-8", errors="replace"))
+                out.write(event_line(line, path))
                 out.flush()
     except KeyboardInterrupt:
         return 0
@@ -102,6 +107,18 @@ def run_events(socket_path: str | os.PathLike[str] | None = None, out: TextIO | 
         pass
     print(f"kwspot events: daemon closed the connection ({path})", file=sys.stderr)
     return 1
+
+
+def event_line(line: bytes, path: Path) -> str:
+    """A line from the socket as the daemon writes events: one JSON object, ASCII only, so that a program
+    pretending to be the daemon cannot send a terminal its escape sequences; KwspotError for anything else."""
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError):  # RecursionError: nested a few thousand deep
+        event = None
+    if not isinstance(event, dict):
+        raise KwspotError(f"{path}: sent a line that is not a JSON event: {line[:60]!r}")
+    return json.dumps(event, separators=(",", ":")) + "\n"
 
 
 def _silence_stdout(out: TextIO) -> None:

@@ -159,3 +159,52 @@ def test_daemon_gone_subprocess(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert json.loads(out)["keyword"] == "no"
     assert err.strip().count("\n") == 0 and "daemon closed the connection" in err
+
+
+def fake_daemon(path: Path, data: bytes) -> threading.Thread:
+    """A program on the daemon's socket that sends ``data`` to its first client, then hangs up."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn, server:
+            try:
+                conn.sendall(data)
+            except OSError:  # the client hung up first, as it should on a bad line
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("data,needle", [
+    (b"x" * 200_000, "a line of over 65536 bytes"),  # no newline ever: must not be buffered without end
+    (b"hello, I am not a daemon\n", "not a JSON event"),
+    (b"[1, 2]\n", "not a JSON event"),
+    (b"[" * 50_000 + b"\n", "not a JSON event"),  # nested past Python's recursion limit
+    (b'{"keyword": "\x1b[2J"}\n', "not a JSON event"),  # a raw control character is not JSON
+    (b"\xff\xfe\n", "not a JSON event"),
+])
+def test_a_peer_that_sends_no_events_is_a_one_line_error(tmp_path: Path, data: bytes, needle: str) -> None:
+    path = tmp_path / "fake.sock"
+    fake_daemon(path, data)
+    out = io.StringIO()
+    with pytest.raises(KwspotError, match=needle) as error:
+        client.run_events(path, out=out)
+    assert str(error.value).startswith(f"{path}: sent a line") and "\n" not in str(error.value)
+    assert out.getvalue() == ""
+
+
+def test_events_reach_the_terminal_as_ascii_json_without_escape_sequences(tmp_path: Path) -> None:
+    path = tmp_path / "fake.sock"
+    genuine = Event("go", 0.91, 12.3, model="kwspot").to_json() + "\n"
+    fake_daemon(path, genuine.encode() + b'{"keyword": "\\u001b]0;owned\\u0007\\u009b2J", "score": 1}\n')
+    out = io.StringIO()
+    assert client.run_events(path, out=out) == 1
+    first, second = out.getvalue().splitlines()
+    assert first + "\n" == genuine  # a daemon's own line passes byte for byte
+    assert second.isascii() and second.isprintable()  # escaped, for jq to decode, not for the terminal to obey
+    assert json.loads(second)["keyword"] == "\x1b]0;owned\x07\x9b2J"

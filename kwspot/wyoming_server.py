@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import errno
 import itertools
+import json
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from urllib.parse import urlparse
 import numpy as np
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event as WyomingEvent
-from wyoming.event import async_get_stdin, async_get_stdout, async_read_event
+from wyoming.event import async_get_stdin, async_get_stdout
 from wyoming.info import Attribution, Describe, Info, WakeModel, WakeProgram
 from wyoming.server import AsyncEventHandler, AsyncServer
 from wyoming.wake import Detect, Detection, NotDetected
@@ -58,6 +59,8 @@ PROGRAM = "kwspot"
 DATA_SET = Attribution(name="Speech Commands (Warden, 2018), CC BY 4.0", url="https://arxiv.org/abs/1804.03209")
 PROGRAM_ATTRIBUTION = Attribution(name="kwspot", url="https://pypi.org/project/kwspot/")
 MAX_CHANNELS = 32
+MAX_DATA_BYTES = 1 << 16  # an event's extra JSON data (Home Assistant's are tens of bytes)
+MAX_PAYLOAD_BYTES = 1 << 23  # an audio chunk: 8 MiB is over 5 s at 384 kHz, 32-bit, stereo
 
 
 @dataclass
@@ -120,6 +123,36 @@ def _audio_format(data: dict[str, Any]) -> tuple[int, int, int]:
     return rate, width, channels  # type: ignore[return-value]
 
 
+async def read_event(reader: asyncio.StreamReader) -> WyomingEvent | None:
+    """The next event (None at the end), as wyoming's ``async_read_event`` reads it, but with limits.
+
+    A header claiming a payload of gigabytes would otherwise be buffered until it came: one client could
+    take the server's memory. ValueError for a header that is not an event or claims too much.
+    """
+    line = await reader.readline()  # bounded by the reader's limit (64 KiB)
+    if not line:
+        return None
+    header = json.loads(line)
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise ValueError("event header is not a JSON object with a type")
+    lengths = {}
+    for key, most in (("data_length", MAX_DATA_BYTES), ("payload_length", MAX_PAYLOAD_BYTES)):
+        n = header.get(key) or 0
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= most:
+            raise ValueError(f"{key} {n!r:.20} is not a whole number of bytes up to {most}")
+        lengths[key] = n
+    data = header.get("data") or {}
+    if not isinstance(data, dict):
+        raise ValueError("event data is not a JSON object")
+    if lengths["data_length"]:
+        extra = json.loads(await reader.readexactly(lengths["data_length"]))
+        if not isinstance(extra, dict):
+            raise ValueError("event data is not a JSON object")
+        data.update(extra)
+    payload = await reader.readexactly(lengths["payload_length"]) if lengths["payload_length"] else None
+    return WyomingEvent(type=header["type"], data=data, payload=payload)
+
+
 class WakeConnection(AsyncEventHandler):
     """One client: its keyword choice, its audio stream and its own pipeline."""
 
@@ -141,7 +174,7 @@ class WakeConnection(AsyncEventHandler):
         why = "disconnected"
         try:
             while True:
-                event = await async_read_event(self.reader)
+                event = await read_event(self.reader)
                 if event is None or not await self.handle_event(event):
                     break
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -285,6 +285,30 @@ def test_garbage_and_vanishing_clients_close_only_their_own_connection(server, r
     assert "bad request" in server.log and "Traceback" not in server.log
 
 
+@pytest.mark.parametrize("header", [
+    b'{"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}, "payload_length": 4000000000}\n',
+    b'{"type": "describe", "data_length": 1000000000}\n',
+    b'{"type": "audio-chunk", "payload_length": -5}\n',
+])
+def test_a_client_claiming_a_huge_event_is_cut_off_at_once(server, header):
+    """Not buffered until gigabytes arrive (one client could take the server's memory): closed on the header."""
+    async def claim() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(header + bytes(65536))  # the start of what it claims, and the connection stays open
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.read(), READ_S)  # the server hangs up without waiting
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    before = server.log.count("bad request")
+    assert asyncio.run(claim()) == b""
+    wait_for(lambda: server.log.count("bad request") > before, 5, "the bad request in the log")
+    assert "_length" in server.log.splitlines()[-1] and server.proc.poll() is None
+
+
 class PipeClient(AsyncClient):
     """A wyoming client over a subprocess's stdin and stdout."""
 

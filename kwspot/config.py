@@ -20,7 +20,7 @@ import yaml
 from kwspot import MAX_RATE, MIN_RATE
 from kwspot.checks import Check, choice, number, optional, show, string
 from kwspot.errors import KwspotError
-from kwspot.paths import checked
+from kwspot.paths import checked, not_a_file
 from kwspot.sinks import sink_specs
 
 SYSTEM_CONFIG = Path("/etc/kwspot/config.yaml")
@@ -99,12 +99,12 @@ def find_config(explicit: str | None) -> Path | None:
     if explicit:
         path = checked(explicit, "config file")
         if not path.is_file():
-            raise KwspotError(f"{path}: no such config file")
+            raise KwspotError(f"{path}: {not_a_file(path, 'config')}")
         return path
     env = os.environ.get("KWSPOT_CONFIG")
     if env:
         if not checked(env, "config file").is_file():
-            raise KwspotError(f"{env}: no such config file (from $KWSPOT_CONFIG)")
+            raise KwspotError(f"{env}: {not_a_file(Path(env), 'config')} (from $KWSPOT_CONFIG)")
         return Path(env)
     for candidate in (SYSTEM_CONFIG, user_config_path()):
         if candidate.is_file():

@@ -17,7 +17,7 @@ import soxr
 
 from kwspot import MAX_RATE, MIN_RATE
 from kwspot.errors import KwspotError
-from kwspot.paths import checked, shown
+from kwspot.paths import checked, not_a_file, shown
 
 if TYPE_CHECKING:
     import soundfile
@@ -56,7 +56,7 @@ def open_audio(path: str | Path) -> soundfile.SoundFile:
     import soundfile  # only where files are read: 3 MiB the microphone daemon does without
     path = checked(path, "audio file")
     if not path.is_file():
-        raise KwspotError(f"{shown(path)}: no such audio file")
+        raise KwspotError(f"{shown(path)}: {not_a_file(path, 'audio')}")
     try:
         with open(path, "rb"):  # the system's reason (permissions, ...) rather than libsndfile's "System error."
             pass

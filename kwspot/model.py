@@ -24,7 +24,7 @@ from kwspot.errors import KwspotError
 from kwspot.features import LogMelFrontEnd
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.modelfile import sidecar_path  # noqa: F401 - re-exported for callers of kwspot.model
-from kwspot.paths import checked, shown
+from kwspot.paths import checked, not_a_file, shown
 
 BUNDLED_MODEL_NAME = "kwspot.tflite"
 
@@ -56,7 +56,7 @@ class Model:
 
         self.path = checked(path, "model")
         if not self.path.is_file():
-            raise KwspotError(f"{shown(self.path)}: no such model file")
+            raise KwspotError(f"{shown(self.path)}: {not_a_file(self.path, 'model')}")
         self.file = modelfile.read(self.path)
         if self.file.sample_rate != SAMPLE_RATE:
             raise KwspotError(

@@ -20,6 +20,16 @@ def shown(path: str | os.PathLike[str]) -> str:
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def not_a_file(path: Path, what: str) -> str:
+    """Why ``path`` (not a regular file) cannot be the ``what`` file, for a message: missing, a directory, a device."""
+    article = "an" if what[0] in "aeiou" else "a"
+    if path.is_dir():
+        return f"a directory, not {article} {what} file"
+    if path.exists():
+        return f"not a regular file (a device, pipe or socket), not {article} {what} file"
+    return f"no such {what} file"
+
+
 def checked(path: str | os.PathLike[str], what: str = "file") -> Path:
     """``path`` as a Path, or KwspotError naming it if no system call could take it."""
     from kwspot.errors import KwspotError

@@ -29,6 +29,7 @@ from typing import Any
 from kwspot.checks import choice, number, optional, show, string
 from kwspot.errors import KwspotError
 from kwspot.events import Event
+from kwspot.paths import not_a_file
 from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 
 DROP_LOG_INTERVAL_S = 5.0
@@ -121,7 +122,7 @@ class MqttSink:
             raise KwspotError("MQTT: a password file needs a username")
         if tls:
             if ca_file and not Path(ca_file).is_file():
-                raise KwspotError(f"{ca_file}: no such CA certificate file")
+                raise KwspotError(f"{ca_file}: {not_a_file(Path(ca_file), 'CA certificate')}")
             try:
                 self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
             except (ssl.SSLError, OSError) as exc:

@@ -228,3 +228,17 @@ def test_train_distils_from_a_teacher_end_to_end(tiny_data: Path, tmp_path: Path
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["training"]["teacher"] == [str(bundled_model_path())] and meta["training"]["distill_weight"] == 0.3
     assert "distilled from" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("out,needle", [
+    ("/proc/no-such-dir/model", "cannot make the output folder"),
+    (".", "a directory; --out is a file stem"),
+])
+def test_a_bad_output_stem_fails_before_any_work(out, needle, tmp_path, capsys, monkeypatch):
+    """Not a traceback after an hour of training, when the model is written: one line, at once."""
+    from kwspot.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", str(tmp_path / "not-even-scanned"), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err

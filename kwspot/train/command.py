@@ -16,7 +16,7 @@ from kwspot import KEYWORDS, UNKNOWN, modelfile
 from kwspot.argtypes import Number
 from kwspot.errors import KwspotError
 from kwspot.frontend import WINDOW_SAMPLES, load_audio
-from kwspot.paths import NAME_MAX
+from kwspot.paths import NAME_MAX, checked, shown
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
 from kwspot.train.data import Dataset, clip_windows, load_long, phrase_files, scan, speech_files
 from kwspot.train.espeak import ALL_VOICES, VOICES, training_voices
@@ -89,7 +89,8 @@ def keyword_list(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     from kwspot.train import require_tensorflow
 
-    data = scan(args.data, keywords=args.keywords)  # bad input fails fast, before TensorFlow loads
+    _check_out(args.out)  # bad input fails fast, before TensorFlow loads and long before the model is written
+    data = scan(args.data, keywords=args.keywords)
     if data.missing_keywords():
         raise KwspotError(f"{args.data}: no clips for keyword(s) {', '.join(data.missing_keywords())}")
     if not data.clips["train"]:
@@ -187,6 +188,19 @@ def run(args: argparse.Namespace) -> int:
     write_card(out.with_suffix(".md"), sidecar, metrics, host=platform.processor() or platform.machine())
     console.print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.csv')}")
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """The output stem: a name the system takes, in a folder that exists (made here) and can be written."""
+    out = checked(out, "output")
+    if out.is_dir():
+        raise KwspotError(f"{shown(out)}: a directory; --out is a file stem such as models/mine")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KwspotError(f"{shown(out.parent)}: cannot make the output folder ({exc.strerror or exc})") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise KwspotError(f"{shown(out.parent)}: output folder not writable")
 
 
 def _load_windows(path: Path) -> np.ndarray:

@@ -175,14 +175,17 @@ def write(model_path: str | Path, meta: dict[str, Any]) -> ModelFile:
     """Check ``meta`` and write it as the sidecar of ``model_path``, atomically (tmp file + rename)."""
     path = sidecar_path(model_path)
     checked = check(meta, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2, default=str)
-        fh.write("\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(fh.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; the daemon may run as another user
-    os.replace(fh.name, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2, default=str)
+            fh.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(fh.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; the daemon may run as another user
+        os.replace(fh.name, path)
+    except OSError as exc:
+        raise KwspotError(f"{path}: cannot write the model sidecar ({exc.strerror or exc})") from None
     return checked
 
 

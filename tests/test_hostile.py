@@ -29,6 +29,7 @@ from conftest import kwspot_cmd, wait_for
 from kwspot import modelfile
 from kwspot.argtypes import Number, NumberList
 from kwspot.cli import build_parser, main
+from kwspot.errors import KwspotError
 from kwspot.frontend import fit_window, load_audio
 from kwspot.model import bundled_model_path, sidecar_path
 from kwspot.predict import loudest_window
@@ -755,3 +756,20 @@ def test_a_ctrl_c_python_dropped_during_start_up_still_stops_listen(monkeypatch,
     listener = Listener(ListenRequest(input=str(wav), flags=flags), settings)  # real time: a minute unless stopped
     assert listener.run() == 128 + signal.SIGINT
     assert signal.getsignal(signal.SIGINT) == saved  # its own handlers put back
+
+
+def test_a_sidecar_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    """``--save-thresholds`` (and training's export) end by writing the sidecar: a full disk or a read-only
+    folder there is a KwspotError naming the file, not a traceback after the work."""
+    import tempfile
+
+    model = tmp_path / "m.tflite"
+    shutil.copy(bundled_model_path(), model)
+    shutil.copy(sidecar_path(bundled_model_path()), sidecar_path(model))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", full)
+    with pytest.raises(KwspotError, match=r"m\.json: cannot write the model sidecar \(No space left on device\)"):
+        modelfile.save_thresholds(model, {"yes": 0.5})

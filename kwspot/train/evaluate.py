@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from kwspot.train import report
 
     model = Model(args.model or bundled_model_path())
+    if getattr(args, "save_thresholds", False) and not os.access(model.path.parent, os.W_OK | os.X_OK):
+        raise KwspotError(f"{model.path.parent}: not writable, so --save-thresholds could not save (copy the model)")
     split = split_of_list(args.list)
     data = scan(args.data, args.list if split == "testing" else "testing_list.txt", keywords=model.keywords)
     if args.plot is not None:

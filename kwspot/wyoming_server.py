@@ -19,12 +19,12 @@ import contextlib
 import dataclasses
 import errno
 import itertools
-import json
 import logging
 import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,7 +39,7 @@ from wyoming.info import Attribution, Describe, Info, WakeModel, WakeProgram
 from wyoming.server import AsyncEventHandler, AsyncServer
 from wyoming.wake import Detect, Detection, NotDetected
 
-from kwspot import MAX_RATE, MIN_RATE, __version__, interrupt
+from kwspot import __version__, interrupt
 from kwspot.argtypes import Number
 from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
@@ -50,6 +50,7 @@ from kwspot.notify import SystemdNotifier
 from kwspot.paths import checked
 from kwspot.pipeline import Pipeline
 from kwspot.sources import with_tail
+from kwspot.wyoming_events import audio_format, read_event
 
 log = logging.getLogger("kwspot")
 
@@ -58,9 +59,8 @@ DEFAULT_ZEROCONF_NAME = "kwspot"
 PROGRAM = "kwspot"
 DATA_SET = Attribution(name="Speech Commands (Warden, 2018), CC BY 4.0", url="https://arxiv.org/abs/1804.03209")
 PROGRAM_ATTRIBUTION = Attribution(name="kwspot", url="https://pypi.org/project/kwspot/")
-MAX_CHANNELS = 32
-MAX_DATA_BYTES = 1 << 16  # an event's extra JSON data (Home Assistant's are tens of bytes)
-MAX_PAYLOAD_BYTES = 1 << 23  # an audio chunk: 8 MiB is over 5 s at 384 kHz, 32-bit, stereo
+MAX_CLIENTS = 64  # connections served at once (each may buffer an event of up to MAX_PAYLOAD_BYTES)
+REFUSED_LOG_S = 10.0  # at most one log line this often about refused connections
 
 
 @dataclass
@@ -72,6 +72,9 @@ class WakeService:
     hop_s: float
     keywords: list[str] = field(default_factory=list)
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    connected: int = 0
+    refused: int = 0  # connections closed at once because MAX_CLIENTS were connected
+    refused_logged_at: float = float("-inf")
 
     def __post_init__(self) -> None:
         if not self.keywords:
@@ -113,46 +116,6 @@ def describe(model: Model, keywords: Sequence[str]) -> Info:
     return Info(wake=[program])
 
 
-def _audio_format(data: dict[str, Any]) -> tuple[int, int, int]:
-    """(rate, width, channels) of an audio-start/-chunk, checked."""
-    rate, width, channels = data.get("rate"), data.get("width"), data.get("channels")
-    for name, value, low, high in (("rate", rate, MIN_RATE, MAX_RATE), ("width", width, 1, 4),
-                                   ("channels", channels, 1, MAX_CHANNELS)):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"audio {name} must be a whole number from {low} to {high}, not {value!r}")
-    return rate, width, channels  # type: ignore[return-value]
-
-
-async def read_event(reader: asyncio.StreamReader) -> WyomingEvent | None:
-    """The next event (None at the end), as wyoming's ``async_read_event`` reads it, but with limits.
-
-    A header claiming a payload of gigabytes would otherwise be buffered until it came: one client could
-    take the server's memory. ValueError for a header that is not an event or claims too much.
-    """
-    line = await reader.readline()  # bounded by the reader's limit (64 KiB)
-    if not line:
-        return None
-    header = json.loads(line)
-    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-        raise ValueError("event header is not a JSON object with a type")
-    lengths = {}
-    for key, most in (("data_length", MAX_DATA_BYTES), ("payload_length", MAX_PAYLOAD_BYTES)):
-        n = header.get(key) or 0
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= most:
-            raise ValueError(f"{key} {n!r:.20} is not a whole number of bytes up to {most}")
-        lengths[key] = n
-    data = header.get("data") or {}
-    if not isinstance(data, dict):
-        raise ValueError("event data is not a JSON object")
-    if lengths["data_length"]:
-        extra = json.loads(await reader.readexactly(lengths["data_length"]))
-        if not isinstance(extra, dict):
-            raise ValueError("event data is not a JSON object")
-        data.update(extra)
-    payload = await reader.readexactly(lengths["payload_length"]) if lengths["payload_length"] else None
-    return WyomingEvent(type=header["type"], data=data, payload=payload)
-
-
 class WakeConnection(AsyncEventHandler):
     """One client: its keyword choice, its audio stream and its own pipeline."""
 
@@ -169,6 +132,29 @@ class WakeConnection(AsyncEventHandler):
 
     async def run(self) -> None:
         """Serve until the client leaves; whatever goes wrong closes this connection only."""
+        if self.service.connected >= MAX_CLIENTS:
+            await self._refuse()
+            return
+        self.service.connected += 1
+        try:
+            await self._serve()
+        finally:
+            self.service.connected -= 1
+
+    async def _refuse(self) -> None:
+        """Close at once: MAX_CLIENTS are connected (logged at most every REFUSED_LOG_S, with a count)."""
+        service = self.service
+        service.refused += 1
+        now = time.monotonic()
+        if now - service.refused_logged_at >= REFUSED_LOG_S:
+            service.refused_logged_at = now
+            log.warning("%d clients connected, the most served at once: refusing more (%d refused so far)",
+                        MAX_CLIENTS, service.refused)
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+    async def _serve(self) -> None:
         peer = self.writer.get_extra_info("peername") or "stdio"
         log.debug("client %d connected (%s)", self.id, peer)
         why = "disconnected"
@@ -194,7 +180,7 @@ class WakeConnection(AsyncEventHandler):
         elif Detect.is_type(event.type):
             self._choose(Detect.from_event(event))
         elif AudioStart.is_type(event.type):
-            self._start(_audio_format(event.data))
+            self._start(audio_format(event.data))
         elif AudioChunk.is_type(event.type):
             await self._chunk(event)
         elif AudioStop.is_type(event.type):
@@ -225,7 +211,7 @@ class WakeConnection(AsyncEventHandler):
         self.fired = False
 
     async def _chunk(self, event: WyomingEvent) -> None:
-        fmt = _audio_format(event.data)
+        fmt = audio_format(event.data)
         if self.pipeline is None or self.resampler is None:  # audio without audio-start: start now
             self._start(fmt)
         elif fmt[0] != self.format[0]:  # the rate changed mid-stream: flush, then resample anew

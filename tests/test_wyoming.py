@@ -309,6 +309,32 @@ def test_a_client_claiming_a_huge_event_is_cut_off_at_once(server, header):
     assert "_length" in server.log.splitlines()[-1] and server.proc.poll() is None
 
 
+def test_past_the_client_limit_a_connection_is_closed_at_once_and_served_again_later(server):
+    """At most MAX_CLIENTS connections (each may hold a buffered event); one more is closed, counted, logged."""
+    from kwspot.wyoming_server import MAX_CLIENTS
+
+    async def crowd() -> tuple[bytes, bool]:
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(MAX_CLIENTS)]
+        await asyncio.sleep(0.5)  # all accepted and counted by the server
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            extra = await asyncio.wait_for(reader.read(), READ_S)  # closed without an answer
+        except ConnectionResetError:
+            extra = b""
+        writer.close()
+        for _, w in held:
+            w.close()
+        await asyncio.sleep(0.5)
+        async with AsyncTcpClient("127.0.0.1", server.port) as client:  # room again
+            await client.write_event(Describe().event())
+            answer = await asyncio.wait_for(client.read_event(), READ_S)
+        return extra, answer is not None and Info.is_type(answer.type)
+
+    extra, served = asyncio.run(crowd())
+    assert extra == b"" and served
+    wait_for(lambda: "the most served at once" in server.log, 5, "the refusal in the log")
+
+
 class PipeClient(AsyncClient):
     """A wyoming client over a subprocess's stdin and stdout."""
 

@@ -48,6 +48,9 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
+MAX_MODEL_BYTES = 256 << 20  # the bundled model is 0.3 MiB; a file past this is not a keyword model
+
+
 class Model:
     """A keyword model: ``predict(window) -> probabilities`` over ``labels``."""
 
@@ -66,6 +69,9 @@ class Model:
         self.labels: list[str] = list(self.file.labels)
         self.keywords: tuple[str, ...] = self.file.keywords
         try:
+            if self.path.stat().st_size > MAX_MODEL_BYTES:
+                raise KwspotError(f"{shown(self.path)}: {self.path.stat().st_size:,} bytes, over the "
+                                  f"{MAX_MODEL_BYTES >> 20} MiB a keyword model may have")
             content = self.path.read_bytes()  # our own read: a clear error for an unreadable file
         except OSError as exc:
             raise KwspotError(f"{shown(self.path)}: cannot read model ({exc.strerror})") from None

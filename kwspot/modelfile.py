@@ -66,6 +66,7 @@ class ModelFile:
         return keywords_of(self.labels)
 
 
+MAX_SIDECAR_BYTES = 16 << 20  # the bundled model's sidecar is 6 KiB
 MAX_WINDOW_S = 10  # a longer window is not a keyword model's (and would be gigabytes of frame indexes)
 
 
@@ -163,6 +164,8 @@ def read(model_path: str | Path) -> ModelFile:
     """Read and check the sidecar of ``model_path`` (the ``.tflite``)."""
     path = sidecar_path(model_path)
     try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise KwspotError(f"{path}: model sidecar over {MAX_SIDECAR_BYTES >> 20} MiB")
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise KwspotError(f"{path}: model sidecar missing (labels and front-end settings)") from None

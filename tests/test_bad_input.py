@@ -6,6 +6,7 @@ Never a traceback. Each case runs the real program as a subprocess.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 from collections.abc import Callable
@@ -85,6 +86,20 @@ def with_model(prepare: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
         return [*wav("PCM_16")(tmp), "--model", str(prepare(tmp))]
 
     return make
+
+
+def sparse_model(tmp: Path) -> Path:
+    """A 50 GB model file (sparse: no disk used) with the bundled sidecar."""
+    model = copy_model(tmp, "vast")
+    os.truncate(model, 50 << 30)
+    return model
+
+
+def sparse_sidecar(tmp: Path) -> Path:
+    """The bundled model with a 3 GB sidecar (sparse)."""
+    model = copy_model(tmp, "wordy", sidecar='{"labels": [')
+    os.truncate(sidecar_path(model), 3 << 30)
+    return model
 
 
 def copy_model(tmp: Path, name: str, cut: int | None = None, sidecar: str | None = "copy") -> Path:
@@ -190,6 +205,8 @@ CASES = {
         window_samples=8 * 10**12))), ["huge.json", "window_samples", "more than 80000"]),
     "sidecar sample rate of a terahertz": (with_model(lambda tmp: copy_model(tmp, "thz", sidecar=bundled_sidecar(
         sample_rate=10**12))), ["thz.json", "sample_rate"]),
+    "model of 50 GB": (with_model(sparse_model), ["vast.tflite", "over the 256 MiB"]),
+    "sidecar of 3 GB": (with_model(sparse_sidecar), ["wordy.json", "over 16 MiB"]),
     "labels do not fit model": (
         with_model(lambda tmp: copy_model(tmp, "few", sidecar=bundled_sidecar(labels=["yes", "no"], thresholds={}))),
         ["few.tflite", "2 labels"]

@@ -242,3 +242,21 @@ def test_a_bad_output_stem_fails_before_any_work(out, needle, tmp_path, capsys, 
     assert main(["train", "--data", str(tmp_path / "not-even-scanned"), "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err, err
+
+
+@pytest.mark.parametrize("kind", ["npz", "object array", "float windows", "text"])
+def test_hard_negatives_that_are_not_int16_windows_are_one_line(kind, tmp_path):
+    from kwspot.train.command import _load_windows
+
+    path = tmp_path / ("h.npz" if kind == "npz" else "h.npy")
+    if kind == "npz":
+        np.savez(path, windows=np.zeros((2, 8000), np.int16))
+    elif kind == "object array":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif kind == "float windows":
+        np.save(path, np.zeros((2, 8000), np.float32))
+    else:
+        path.write_text("not numpy\n")
+    with pytest.raises(KwspotError, match=r"h\.np[yz]: (unreadable hard negatives|hard negatives must be)") as error:
+        _load_windows(path)
+    assert "\n" not in str(error.value)

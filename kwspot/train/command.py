@@ -205,10 +205,10 @@ def _check_out(out: Path) -> None:
 
 def _load_windows(path: Path) -> np.ndarray:
     try:
-        windows = np.load(path)
+        windows = np.load(path, mmap_mode="r")  # mapped: only the checks below read it before training
     except (OSError, ValueError) as exc:
-        raise KwspotError(f"{path}: unreadable hard negatives ({exc})") from None
-    if windows.ndim != 2 or windows.shape[1] != 8000 or windows.dtype != np.int16:
+        raise KwspotError(f"{path}: unreadable hard negatives ({str(exc)[:80]})") from None
+    if not isinstance(windows, np.ndarray) or windows.shape[1:] != (8000,) or windows.dtype != np.int16:
         raise KwspotError(f"{path}: hard negatives must be int16 windows of shape (n, 8000)")
     return windows
 

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from kwspot import MAX_RATE, MIN_RATE
 from kwspot.errors import KwspotError
 from kwspot.frontend import StreamResampler, to_mono
 from kwspot.paths import checked, shown
@@ -201,6 +202,8 @@ class StdinSource:
             with audio:
                 if kind == "WAV" and audio.frames == 0:
                     raise KwspotError("WAV header announces no samples")
+                if not MIN_RATE <= audio.samplerate <= MAX_RATE:
+                    raise KwspotError(f"sample rate {audio.samplerate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
                 self._decoded.put((kind, int(audio.samplerate), int(audio.channels)))
                 block = max(1, int(audio.samplerate) * self._block_ms // 1000)
                 while len(frames := audio.read(block, dtype="float32", always_2d=True)):

@@ -397,6 +397,19 @@ def test_wav_and_flac_on_stdin_are_decoded(tmp_path, container):
     assert f"{container} stream, 22050 Hz" in text(piped.stderr)
 
 
+@pytest.mark.parametrize("rate", [7, 2**31 - 1])
+def test_a_piped_wav_claiming_an_absurd_rate_is_refused(tmp_path, rate):
+    """As for a file: 16,000 samples 'at 7 Hz' would be 38 minutes of audio, 'at 2**31 Hz' nothing."""
+    path = tone(tmp_path / "in.wav", seconds=2.0, rate=8000)
+    data = bytearray(path.read_bytes())
+    data[24:32] = rate.to_bytes(4, "little") + (rate * 2 % 2**32).to_bytes(4, "little")  # the header's rates
+    result = run("listen", "--input", "-", "--format", "jsonl", input=bytes(data))
+    err = text(result.stderr)  # found once the stream's header arrives, after the "listening on" line
+    assert result.returncode == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == f"kwspot: error: stdin: unreadable audio stream (sample rate {rate} Hz is outside " \
+                                   "1000-384000 Hz)", err
+
+
 def test_dev_stdin_and_a_fifo_are_accepted(tmp_path):
     wav = tone(tmp_path / "in.wav", seconds=2.0)
     pcm = soundfile.read(wav, dtype="int16")[0].tobytes()

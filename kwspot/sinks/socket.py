@@ -373,11 +373,11 @@ class SocketSink:
                 sock.close()
                 continue
             sock.setblocking(False)
-            self.accepted += 1
-            c = _Client(self.accepted, sock)
+            c = _Client(self.accepted + 1, sock)
             self._sel.register(sock, selectors.EVENT_READ, c)
             with self._lock:
                 self._clients[sock.fileno()] = c
+                self.accepted += 1  # counted once it is served: a reader of the count may emit to it at once
                 n = len(self._clients)
             self.log.debug("client %d connected (%d connected)", c.id, n)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +261,36 @@ def test_hard_negatives_that_are_not_int16_windows_are_one_line(kind, tmp_path):
     with pytest.raises(KwspotError, match=r"h\.np[yz]: (unreadable hard negatives|hard negatives must be)") as error:
         _load_windows(path)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
+@pytest.mark.parametrize("at_epoch", [1, 3])
+def test_ctrl_c_keeps_the_best_epoch_so_far(tiny_data: Path, tmp_path: Path, monkeypatch, at_epoch: int):
+    """Ctrl-C during a long run stops training and keeps the best epoch, unless no epoch has finished."""
+    from rich.console import Console
+
+    from kwspot.train import loop, models
+
+    real_epoch = loop._epoch
+
+    def epoch_or_ctrl_c(*args):
+        if args[5] == at_epoch:  # the epoch number
+            raise KeyboardInterrupt
+        return real_epoch(*args)
+
+    monkeypatch.setattr(loop, "_epoch", epoch_or_ctrl_c)
+    data = scan(tiny_data)
+    windows = clip_windows([c.path for c in data.clips["train"]], tmp_path / "cache")
+    src = Sources(windows, data.label_indices("train"), [], [])
+    val = (windows[:8].astype(np.float32) / 32768, data.label_indices("train")[:8])
+    model = models.build("default", n_labels=len(LABELS))
+    settings = loop.LoopSettings(epochs=5, batch=16)
+    run = lambda: loop.train(model, src, val, AugmentSettings(), settings, tmp_path / "log.csv",  # noqa: E731
+                             Console(file=open(os.devnull, "w")))
+    if at_epoch == 1:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    else:
+        best = run()
+        assert best["interrupted"] and best["epochs_run"] == 2 and 1 <= best["epoch"] <= 2
+        assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header and the two finished epochs

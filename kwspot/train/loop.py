@@ -59,8 +59,16 @@ def train(
             t0 = time.monotonic()
             lr = loop.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / loop.epochs))
             model.optimizer.learning_rate.assign(lr)
-            loss, acc = _epoch(model, src, aug, loop, rng, epoch, console, teachers)
-            val_loss, val_acc = evaluate_arrays(model, *val)
+            try:
+                loss, acc = _epoch(model, src, aug, loop, rng, epoch, console, teachers)
+                val_loss, val_acc = evaluate_arrays(model, *val)
+            except KeyboardInterrupt:
+                if not best["epoch"]:
+                    raise  # nothing learnt yet: nothing to keep
+                console.print(f"interrupted in epoch {epoch}: keeping epoch {best['epoch']}, the best so far "
+                              "(Ctrl-C again to leave without writing it)")
+                best["interrupted"] = True
+                break
             seconds = time.monotonic() - t0
             writer.writerow([epoch, f"{lr:.6g}", f"{loss:.4f}", f"{acc:.4f}", f"{val_loss:.4f}", f"{val_acc:.4f}",
                              f"{seconds:.1f}"])
@@ -81,7 +89,7 @@ def train(
                 console.print(f"stopping: time limit of {loop.max_minutes:g} minutes reached")
                 break
     model.set_weights(best_weights)
-    best["epochs_run"] = epoch
+    best["epochs_run"] = epoch - 1 if best.get("interrupted") else epoch
     best["minutes"] = round((time.monotonic() - started) / 60, 1)
     return best
 

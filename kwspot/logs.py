@@ -30,3 +30,28 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> logging.Logger:
     logger.setLevel(level.upper())
     logger.propagate = False
     return logger
+
+
+class Tally:
+    """Repeated happenings (say, clients refused) told in one log line with a count, at most every ``interval_s``."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.total = 0
+        self.unreported = 0
+        self.reported_at = float("-inf")
+
+    def add(self) -> None:
+        self.total += 1
+        self.unreported += 1
+
+    def due_at(self) -> float | None:
+        """When the untold ones may be told (None: nothing to tell)."""
+        return self.reported_at + self.interval_s if self.unreported else None
+
+    def take(self, now: float) -> int:
+        """How many to tell now (0: none, or the last line was too recent); they count as told."""
+        if not self.unreported or now - self.reported_at < self.interval_s:
+            return 0
+        n, self.unreported, self.reported_at = self.unreported, 0, now
+        return n

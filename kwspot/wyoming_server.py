@@ -45,6 +45,7 @@ from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.events import Event
 from kwspot.frontend import StreamResampler, decode_pcm
+from kwspot.logs import Tally
 from kwspot.model import Model
 from kwspot.notify import SystemdNotifier
 from kwspot.paths import checked
@@ -73,8 +74,7 @@ class WakeService:
     keywords: list[str] = field(default_factory=list)
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     connected: int = 0
-    refused: int = 0  # connections closed at once because MAX_CLIENTS were connected
-    refused_logged_at: float = float("-inf")
+    refused: Tally = field(default_factory=lambda: Tally(REFUSED_LOG_S))  # closed at once: MAX_CLIENTS connected
 
     def __post_init__(self) -> None:
         if not self.keywords:
@@ -143,13 +143,11 @@ class WakeConnection(AsyncEventHandler):
 
     async def _refuse(self) -> None:
         """Close at once: MAX_CLIENTS are connected (logged at most every REFUSED_LOG_S, with a count)."""
-        service = self.service
-        service.refused += 1
-        now = time.monotonic()
-        if now - service.refused_logged_at >= REFUSED_LOG_S:
-            service.refused_logged_at = now
+        refused = self.service.refused
+        refused.add()
+        if refused.take(time.monotonic()):
             log.warning("%d clients connected, the most served at once: refusing more (%d refused so far)",
-                        MAX_CLIENTS, service.refused)
+                        MAX_CLIENTS, refused.total)
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()

@@ -378,3 +378,17 @@ def test_clients_beyond_max_clients_are_turned_away(make_sink, sock_path: Path, 
         assert json.loads(read_lines(c, 1)[0])["keyword"] == "yes"
         c.close()
     extra.close()
+
+
+def test_a_tally_tells_its_count_at_most_once_an_interval() -> None:
+    """The shared rate limit of 'refused N clients' lines (socket sink, Wyoming server)."""
+    from kwspot.logs import Tally
+
+    tally = Tally(10.0)
+    assert tally.due_at() is None and tally.take(0.0) == 0
+    tally.add()
+    assert tally.take(100.0) == 1  # the first is told at once
+    tally.add()
+    tally.add()
+    assert tally.due_at() == 110.0 and tally.take(105.0) == 0  # too soon: kept for later
+    assert tally.take(110.0) == 2 and tally.take(200.0) == 0 and tally.total == 3

@@ -29,6 +29,7 @@ from pathlib import Path
 from kwspot.checks import number, octal_mode, optional, string
 from kwspot.errors import KwspotError
 from kwspot.events import Event
+from kwspot.logs import Tally
 from kwspot.paths import checked
 from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 
@@ -119,9 +120,7 @@ class SocketSink:
         self._stopping = False
         self._linger = 0.5
         self._accept_paused_until = 0.0
-        self.refused = 0  # clients refused past max_clients, in total
-        self._refused_unreported = 0
-        self._refused_reported_at = float("-inf")
+        self._refused = Tally(_REFUSED_LOG_INTERVAL)  # clients refused past max_clients
         self._listener = self._bind()
         try:
             st = os.stat(self._abspath)
@@ -141,6 +140,11 @@ class SocketSink:
         self.log.info("serving events on %s", self.path)
 
     # ---- public API -------------------------------------------------------
+
+    @property
+    def refused(self) -> int:
+        """Clients refused past ``max_clients``, in total."""
+        return self._refused.total
 
     @property
     def client_count(self) -> int:
@@ -341,8 +345,8 @@ class SocketSink:
                     deadlines.append(now + 1.0)  # poll half-closed peers for a full close
         if self._accept_paused_until:
             deadlines.append(self._accept_paused_until)
-        if self._refused_unreported:
-            deadlines.append(self._refused_reported_at + _REFUSED_LOG_INTERVAL)
+        if (refused_due := self._refused.due_at()) is not None:
+            deadlines.append(refused_due)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
@@ -367,8 +371,7 @@ class SocketSink:
                     self._accept_paused_until = time.monotonic() + 1.0
                 return  # ECONNABORTED and friends: the client already left
             if len(self._clients) >= self.max_clients:
-                self.refused += 1
-                self._refused_unreported += 1
+                self._refused.add()
                 self._report_refused()
                 sock.close()
                 continue
@@ -473,10 +476,9 @@ class SocketSink:
 
     def _report_refused(self) -> None:
         """Clients refused past the limit: one line with a count, at most every ``_REFUSED_LOG_INTERVAL`` s."""
-        now = time.monotonic()
-        if not self._refused_unreported or now - self._refused_reported_at < _REFUSED_LOG_INTERVAL:
+        n = self._refused.take(time.monotonic())
+        if not n:
             return
-        n, self._refused_unreported, self._refused_reported_at = self._refused_unreported, 0, now
         self.log.warning(
             "refused %d client%s on %s: %d clients already (the limit); next report in %.0f s at the earliest",
             n, "" if n == 1 else "s", self.path, self.max_clients, _REFUSED_LOG_INTERVAL,

@@ -118,6 +118,7 @@ class PulseSource(LiveSource):
         """
         block_s = self._block_ms / 1000
         due: float | None = None  # when the next block completes, once known
+        probe = True  # this read starts early, to learn the phase
         count = 0
         try:
             while not stop.is_set():
@@ -127,10 +128,9 @@ class PulseSource(LiveSource):
                 if not stop.is_set():
                     self._push(np.frombuffer(data, dtype=np.float32))
                 count += 1
-                probed = due is None or count % self.PROBE_EVERY == 0
                 if now - started > self.WAITED_S:
                     due = now + block_s  # this block completed just now
-                elif probed:
+                elif probe:
                     due = None  # complete before its time: phase unknown, or a backlog
                 else:
                     due += block_s

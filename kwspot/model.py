@@ -69,8 +69,8 @@ class Model:
         self.labels: list[str] = list(self.file.labels)
         self.keywords: tuple[str, ...] = self.file.keywords
         try:
-            if self.path.stat().st_size > MAX_MODEL_BYTES:
-                raise KwspotError(f"{shown(self.path)}: {self.path.stat().st_size:,} bytes, over the "
+            if (size := self.path.stat().st_size) > MAX_MODEL_BYTES:
+                raise KwspotError(f"{shown(self.path)}: {size:,} bytes, over the "
                                   f"{MAX_MODEL_BYTES >> 20} MiB a keyword model may have")
             content = self.path.read_bytes()  # our own read: a clear error for an unreadable file
         except OSError as exc:
@@ -120,17 +120,15 @@ class Model:
         """Probabilities (n, labels) for n unrelated raw windows (n, window_samples), features computed together."""
         windows = np.asarray(windows, dtype=np.float32).reshape(-1, self.window_samples)
         fed = windows if self.front_end is None else self.front_end.batch(windows)
-        out = np.empty((len(windows), len(self.labels)), np.float32)
-        for i, x in enumerate(fed):
-            self._interpreter.set_tensor(self._input["index"], x.reshape(self._input_shape))
-            self._interpreter.invoke()
-            out[i] = self._interpreter.get_tensor(self._output["index"])[0]
-        return out
+        return np.stack([self._invoke(x) for x in fed]) if len(fed) else np.zeros((0, len(self.labels)), np.float32)
 
     def predict(self, window: np.ndarray) -> np.ndarray:
         """Probabilities for one raw 8 kHz window of ``window_samples`` floats."""
         window = np.asarray(window, dtype=np.float32).reshape(self.window_samples)
-        fed = window if self.front_end is None else self.front_end(window)
+        return self._invoke(window if self.front_end is None else self.front_end(window))
+
+    def _invoke(self, fed: np.ndarray) -> np.ndarray:
+        """The network on one window's input (raw samples, or features), as float32 probabilities."""
         self._interpreter.set_tensor(self._input["index"], fed.reshape(self._input_shape))
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"])[0].astype(np.float32)

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from kwspot.train import report
 
     model = Model(args.model or bundled_model_path())
-    if getattr(args, "save_thresholds", False) and not os.access(model.path.parent, os.W_OK | os.X_OK):
+    if args.save_thresholds and not os.access(model.path.parent, os.W_OK | os.X_OK):
         raise KwspotError(f"{model.path.parent}: not writable, so --save-thresholds could not save (copy the model)")
     split = split_of_list(args.list)
     data = scan(args.data, args.list if split == "testing" else "testing_list.txt", keywords=model.keywords)

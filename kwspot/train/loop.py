@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -15,7 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kwspot.train import require_tensorflow
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, make_batch
-from kwspot.train.distill import Teachers
+
+if TYPE_CHECKING:
+    from kwspot.train.distill import Teachers
 
 
 @dataclass

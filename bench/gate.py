@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from quality import add_material_arguments, concatenate, material, model_outputs, replay_scored
 
-from kwspot.argtypes import Number, NumberList
+from kwspot.argtypes import NumberList
 from kwspot.detector import DetectorSettings
 from kwspot.model import Model
 from kwspot.pipeline import hop_levels, stream_probabilities
@@ -29,14 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_material_arguments(parser)
     parser.add_argument("--pauses", default="0,100,150,200,300", type=NumberList(0, 10000))
-    parser.add_argument("--thresholds", default="sidecar,0.6", help="'sidecar' or a uniform threshold, comma separated")
+    parser.add_argument("--thresholds", default="sidecar,0.6", type=NumberList(0.0, 1.0, item_words=("sidecar",)),
+                        help="'sidecar' or a uniform threshold, comma separated")
     args = parser.parse_args(argv)
-    for th in args.thresholds.split(","):
-        if th != "sidecar":
-            try:
-                Number(0.0, 1.0)(th)
-            except argparse.ArgumentTypeError as exc:
-                parser.error(f"argument --thresholds: {exc}")
     built = {}  # validation material per set of keywords (the model's)
     train_speech = Stream(concatenate(load_long(speech_files(args.speech, "train")), 0.5))
     print("| model | thresholds | pause ms | recall 20/10/5/clean dB (hits) | FA on command streams | "

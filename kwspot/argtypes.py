@@ -34,17 +34,23 @@ class Number:
 
 
 class NumberList:
-    """A comma-separated list of numbers in range, or one of ``words`` (e.g. ``clean``), kept as text."""
+    """A comma-separated list of numbers in range, or one of ``words`` (e.g. ``clean``), kept as text.
 
-    def __init__(self, low: float, high: float, words: tuple[str, ...] = (), integer: bool = False) -> None:
+    ``item_words`` may stand in the list among the numbers (e.g. ``sidecar,0.6``).
+    """
+
+    def __init__(self, low: float, high: float, words: tuple[str, ...] = (), integer: bool = False,
+                 item_words: tuple[str, ...] = ()) -> None:
         self.item = Number(low, high, integer)
-        self.low, self.high, self.words = low, high, words
+        self.low, self.high, self.words, self.item_words = low, high, words, item_words
         self.__name__ = "list of whole numbers" if integer else "list of numbers"
 
     def __call__(self, text: str) -> str:
         if text.strip().lower() in self.words:
             return text
         for part in text.split(","):
+            if part.strip() in self.item_words:
+                continue
             try:
                 self.item(part.strip())
             except argparse.ArgumentTypeError as exc:

@@ -29,6 +29,14 @@ def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
         time.sleep(0.005)
 
 
+def claim_rate(wav: Path, rate: int) -> bytes:
+    """Make a 16-bit mono WAV's header claim ``rate`` (sample and byte rate), in place; returns the file's bytes."""
+    data = bytearray(wav.read_bytes())
+    data[24:32] = rate.to_bytes(4, "little") + (rate * 2 % 2**32).to_bytes(4, "little")
+    wav.write_bytes(data)
+    return bytes(data)
+
+
 def kwspot_cmd(*args: str) -> list[str]:
     """The real program, as a subprocess command line."""
     return [sys.executable, "-m", "kwspot", *args]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import assert_one_line_error, run_kwspot
+from conftest import assert_one_line_error, claim_rate, run_kwspot
 from kwspot.model import bundled_model_path, sidecar_path
 
 DATA = Path(__file__).parent / "data"
@@ -42,9 +42,7 @@ def wav_header_rate(rate: int, command: str = "listen") -> Callable[[Path], list
     def make(tmp: Path) -> list[str]:
         path = tmp / f"claims_{rate}.wav"
         soundfile.write(path, tone(8000), 8000, subtype="PCM_16")
-        data = bytearray(path.read_bytes())
-        data[24:32] = rate.to_bytes(4, "little") + (rate * 2 % 2**32).to_bytes(4, "little")
-        path.write_bytes(data)
+        claim_rate(path, rate)
         return ["listen", "--input", str(path), "--fast"] if command == "listen" else ["predict", str(path)]
 
     return make

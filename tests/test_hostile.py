@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import kwspot_cmd, wait_for
+from conftest import claim_rate, kwspot_cmd, wait_for
 from kwspot import modelfile
 from kwspot.argtypes import Number, NumberList
 from kwspot.cli import build_parser, main
@@ -400,10 +400,8 @@ def test_wav_and_flac_on_stdin_are_decoded(tmp_path, container):
 @pytest.mark.parametrize("rate", [7, 2**31 - 1])
 def test_a_piped_wav_claiming_an_absurd_rate_is_refused(tmp_path, rate):
     """As for a file: 16,000 samples 'at 7 Hz' would be 38 minutes of audio, 'at 2**31 Hz' nothing."""
-    path = tone(tmp_path / "in.wav", seconds=2.0, rate=8000)
-    data = bytearray(path.read_bytes())
-    data[24:32] = rate.to_bytes(4, "little") + (rate * 2 % 2**32).to_bytes(4, "little")  # the header's rates
-    result = run("listen", "--input", "-", "--format", "jsonl", input=bytes(data))
+    wav = claim_rate(tone(tmp_path / "in.wav", seconds=2.0, rate=8000), rate)
+    result = run("listen", "--input", "-", "--format", "jsonl", input=wav)
     err = text(result.stderr)  # found once the stream's header arrives, after the "listening on" line
     assert result.returncode == 2 and "Traceback" not in err, err
     assert err.splitlines()[-1] == f"kwspot: error: stdin: unreadable audio stream (sample rate {rate} Hz is outside " \

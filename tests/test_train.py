@@ -133,6 +133,27 @@ def test_epoch_plan_balances_classes_and_batches_are_windows(tiny_data: Path, tm
     np.testing.assert_array_equal(y, plan[:32, 2])
 
 
+@pytest.mark.parametrize("babble", [0.0, 1.0])
+def test_babble_puts_continuous_speech_under_the_words_at_5_to_25_db(babble: float):
+    """--babble: the noise under an example is a second of the speech recordings instead of the noise ones."""
+    rng = np.random.default_rng(0)
+    word = np.zeros(SAMPLE_RATE, np.float32)
+    word[2000:6000] = 0.3 * np.sin(2 * np.pi * 440 * np.arange(4000) / SAMPLE_RATE)
+    clips = (np.stack([word] * 4) * 32767).astype(np.int16)
+    labels = np.full(4, LABELS.index("yes"))
+    talk = 0.05 * np.sin(2 * np.pi * 1500 * np.arange(SAMPLE_RATE * 5) / SAMPLE_RATE)  # stands in for other talk
+    src = Sources(clips, labels, [np.zeros(SAMPLE_RATE * 5, np.float32)], [talk.astype(np.float32)])
+    settings = AugmentSettings(noise_prob=1.0, babble_prob=babble, gain_db=(0.0, 0.0), shift=False)
+    x, _ = make_batch(src, np.array([[0, i, labels[i]] for i in range(4)] * 10), settings, rng)
+    under = x - clips[0].astype(np.float32) / 32768  # what was mixed under the word
+    if not babble:  # the noise recordings here are silent
+        assert np.abs(under).max() < 1e-4
+        return
+    assert (np.argmax(np.abs(np.fft.rfft(under, axis=1)), axis=1) == 1500).all()  # 1 Hz bins: the talk
+    snr = 20 * np.log10(np.sqrt(np.mean(word[2000:6000] ** 2)) / np.sqrt(np.mean(under ** 2, axis=1)))
+    assert (snr > 4.0).all() and (snr < 26.0).all() and np.ptp(snr) > 5.0
+
+
 @pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
 @pytest.mark.parametrize("arch", ["default", "workshop"])
 def test_litert_export_matches_keras(arch: str):

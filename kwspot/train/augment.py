@@ -16,7 +16,10 @@ size of the data. Kinds:
 Every non-silence example first goes through another channel with probability
 ``channel_prob`` (:mod:`kwspot.train.channel`: room reverb, band limit and EQ,
 level), then gets background noise at a random SNR with probability
-``noise_prob``, then a random gain.
+``noise_prob``, then a random gain. With probability ``babble_prob`` that noise is
+a second of continuous speech (``--negatives``) instead, at ``babble_snr_db``:
+keywords said over other talk, so that a source of negatives is heard under
+positives too (the model cannot learn "this recording channel means unknown").
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class AugmentSettings:
     shift: bool = True
     balance_words: bool = False  # other-word clips drawn word by word, not clip by clip
     channel_prob: float = 0.0  # share of non-silence examples sent through a random room/microphone channel
+    babble_prob: float = 0.0  # share of noisy examples whose noise is continuous speech (other talk)
+    babble_snr_db: tuple[float, float] = (5.0, 25.0)
 
 
 class Sources:
@@ -179,10 +184,7 @@ def example(
     if kind == PHRASE:
         x, active = _phrase_window(src, index, rng)
     elif kind == SPEECH:
-        audio = src.speech[index % len(src.speech)]
-        start = rng.integers(0, len(audio) - WINDOW_SAMPLES + 1)
-        x = audio[start : start + WINDOW_SAMPLES].copy()
-        x *= 0.1 / max(_rms(x), 1e-4)
+        x = _speech_window(src, rng, index)
         active = x
     else:
         clip = src.clip(index)
@@ -199,8 +201,9 @@ def example(
         x = other_channel(x, rng)
         extra_db = rng.uniform(*EXTRA_ATTENUATION_DB)
     if src.noise and rng.random() < settings.noise_prob:
-        noise = _noise_window(src, rng)
-        snr = rng.uniform(*settings.snr_db)
+        babble = bool(src.speech) and settings.babble_prob > 0 and rng.random() < settings.babble_prob
+        noise = _speech_window(src, rng) if babble else _noise_window(src, rng)
+        snr = rng.uniform(*(settings.babble_snr_db if babble else settings.snr_db))
         x = x + noise * (_rms(active) / max(_rms(noise), 1e-6) * _db(-snr))
     x = x * _db(rng.uniform(*settings.gain_db) + extra_db)
     return np.clip(x, -1.0, 1.0).astype(np.float32)
@@ -252,6 +255,14 @@ def _noise_window(src: Sources, rng: np.random.Generator) -> np.ndarray:
     start = rng.integers(0, len(audio) - WINDOW_SAMPLES + 1)
     x = audio[start : start + WINDOW_SAMPLES].astype(np.float32)
     return x / max(_rms(x), 1e-6) * 0.1
+
+
+def _speech_window(src: Sources, rng: np.random.Generator, index: int | None = None) -> np.ndarray:
+    """A second of continuous speech (recording ``index``, or one at random) at 0.1 RMS."""
+    audio = src.speech[rng.integers(0, len(src.speech)) if index is None else index % len(src.speech)]
+    start = rng.integers(0, len(audio) - WINDOW_SAMPLES + 1)
+    x = audio[start : start + WINDOW_SAMPLES].astype(np.float32)
+    return x * (0.1 / max(_rms(x), 1e-4))
 
 
 def _zeros() -> np.ndarray:

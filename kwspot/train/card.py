@@ -66,7 +66,8 @@ def write_card(path: Path, meta: dict[str, Any], metrics: dict[str, dict[str, An
         f"{t.get('espeak_positives') or 0} a voice, {t.get('espeak_voices') or 6} espeak-ng voices, "
         f"phrases {', '.join(t.get('phrases') or []) or 'none'}, "
         f"other words balanced {'per word' if t.get('balance_words') else 'per clip'}, channel augmentation "
-        f"{t.get('channel_aug') or 0}, hard negatives {', '.join(t.get('hard_negatives') or []) or 'none'}, "
+        f"{t.get('channel_aug') or 0}, speech under the words {t.get('babble') or 0}, "
+        f"hard negatives {', '.join(t.get('hard_negatives') or []) or 'none'}, "
         + (f"distilled from {', '.join(t['teacher'])} (weight {t.get('distill_weight')}), " if t.get("teacher") else "")
         + f"{t.get('minutes')} minutes.",
         "",

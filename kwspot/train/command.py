@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draw other-word clips word by word, not clip by clip")
     parser.add_argument("--channel-aug", type=Number(0.0, 1.0), default=0.0, metavar="P",
                         help="share of examples sent through a random room/microphone (reverb, EQ, level)")
+    parser.add_argument("--babble", type=Number(0.0, 1.0), default=0.0, metavar="P",
+                        help="share of noisy examples whose noise is continuous speech of --negatives (keywords "
+                             "said over other talk), at 5-25 dB SNR")
     parser.add_argument("--hard-negatives", type=Path, action="append", default=[], metavar="NPY",
                         help="mined windows (python -m kwspot.train.mine) to train on as _unknown_")
     parser.add_argument("--teacher", type=Path, action="append", default=[], metavar="MODEL",
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     arch = ARCH_DEFAULTS[args.arch]
     aug = AugmentSettings(noise_prob=args.noise_prob, unknown_ratio=args.unknown_ratio,
                           fragments=not args.no_fragments, balance_words=args.balance_words,
-                          channel_prob=args.channel_aug)
+                          channel_prob=args.channel_aug, babble_prob=args.babble)
     settings = LoopSettings(epochs=args.epochs, batch=args.batch or arch["batch"], lr=args.lr or arch["lr"],
                             patience=args.patience, seed=args.seed, max_minutes=args.max_minutes)
     console.print(f"[bold]{args.data}[/]: " + ", ".join(f"{s} {len(data.clips[s])}" for s in data.clips))

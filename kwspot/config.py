@@ -137,25 +137,47 @@ def validate(raw: Any, source: str = "config") -> dict[str, dict[str, Any]]:
     return settings
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML with two changes for a config file.
+MAX_DEPTH = 20  # a kwspot config nests 4 deep (sinks.actions.WORD.command); a deeper file is not one
 
-    Aliases (``*name``) are refused, so an alias bomb costs nothing; plain keys
-    that YAML 1.1 would read as booleans or null (``on:``, ``no:``, ``off:``,
-    ``yes:``) stay the words they are, so every keyword can be named unquoted.
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with these changes for a config file.
+
+    Aliases (``*name``) are refused, so an alias bomb costs nothing; nesting is
+    bounded (``MAX_DEPTH``), so a file of brackets cannot exhaust the stack; a key
+    given twice in one mapping is an error (YAML forbids it; PyYAML would keep the
+    last silently); plain keys that YAML 1.1 would read as booleans or null (``on:``,
+    ``no:``, ``off:``, ``yes:``) stay the words they are, so every keyword can be
+    named unquoted.
     """
+
+    _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", mark)
-        return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
         for key_node, _ in node.value:
             plain = isinstance(key_node, yaml.ScalarNode) and key_node.style is None
             if plain and key_node.tag in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"):
                 key_node.tag = "tag:yaml.org,2002:str"
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value[:40]!r} given twice", key_node.start_mark)
+                seen.add(key)
         return super().construct_mapping(node, deep)
 
 

@@ -31,6 +31,7 @@ from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import Model, bundled_model_path
 from kwspot.modelfile import check_thresholds
 from kwspot.notify import SystemdNotifier
+from kwspot.paths import checked, not_a_file, shown
 from kwspot.pipeline import Pipeline, level_db
 from kwspot.pulse_source import PulseSource, choose_backend
 from kwspot.settings import Settings, resolve
@@ -82,13 +83,13 @@ def log_verifier(verifier: Verifier | None, model: Model) -> None:
 
 def detector_settings(settings: Settings, model: Model, cli_threshold: bool = False,
                       where: str = "config") -> DetectorSettings:
-    """Thresholds: config per-keyword > model sidecar per-keyword > config default.
+    """Thresholds: --threshold for every keyword; else config per-keyword > model sidecar per-keyword > config default.
 
-    The config's per-keyword thresholds must name keywords of this model.
+    The config's per-keyword thresholds must name keywords of this model (checked even when --threshold wins).
     """
     det = settings["detector"]
-    thresholds = {} if cli_threshold else dict(model.thresholds)
-    thresholds.update(check_thresholds(det["thresholds"], model.keywords, f"{where}: detector.thresholds"))
+    from_file = check_thresholds(det["thresholds"], model.keywords, f"{where}: detector.thresholds")
+    thresholds = {} if cli_threshold else {**model.thresholds, **from_file}
     return DetectorSettings(
         threshold=det["threshold"],
         thresholds=thresholds,
@@ -301,6 +302,7 @@ class Listener:
         self.notifier.reloading()
         try:
             settings, path = resolve(self.request.config_path, self.request.flags)
+            check_model_path(settings["model"]["path"])
             new_detector = Detector(self.model.labels, detector_settings(
                 settings, self.model, self.request.cli_threshold, str(path or "config")))
             verifier_changed = settings["detector"]["verifier"] != self.settings["detector"]["verifier"]
@@ -309,7 +311,11 @@ class Listener:
                                    refuse_none="the new configuration has no sink; events would go nowhere")
         except KwspotError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - whatever a new file does, the running daemon keeps going
+            log.error("reload refused, keeping the running configuration: %s: %s", type(exc).__name__, exc)
         else:
+            later = needs_restart(self.settings, settings)
+            settings["detector"]["hop_ms"] = self.settings["detector"]["hop_ms"]  # the running one, until a restart
             self.pipeline.detector = new_detector
             if new_verifier is not self.pipeline.verifier:
                 self.pipeline.set_verifier(new_verifier)
@@ -317,6 +323,8 @@ class Listener:
             self.settings["detector"], self.settings["sinks"] = settings["detector"], settings["sinks"]
             log.info("configuration reloaded from %s: threshold %g, sinks: %s", path or "built-in defaults",
                      settings["detector"]["threshold"], ", ".join(self.sinks) or "none")
+            if later:
+                log.warning("not applied until kwspot restarts: %s", ", ".join(later))
         self.notifier.ready()
 
     def close(self) -> None:
@@ -328,3 +336,18 @@ class Listener:
             close_sinks(self.sinks)
             for signum, handler in self._saved_handlers.items():
                 signal.signal(signum, handler)
+
+
+def check_model_path(path: str | None) -> None:
+    """A reload whose model file would not start kwspot is refused (the model itself changes on restart)."""
+    if path is not None and not (model := checked(path, "model")).is_file():
+        raise KwspotError(f"{shown(model)}: {not_a_file(model, 'model')}")
+
+
+def needs_restart(running: Settings, new: Settings) -> list[str]:
+    """The changed settings a reload does not apply (audio, model, hop, logging): ``section.key`` names."""
+    changed = [f"{section}.{key}" for section in ("audio", "model", "logging")
+               for key, value in new[section].items() if running[section].get(key) != value]
+    if new["detector"]["hop_ms"] != running["detector"]["hop_ms"]:
+        changed.append("detector.hop_ms")
+    return changed

@@ -98,8 +98,22 @@ class Model:
             raise KwspotError(f"{self.path}: model input shape {shape}; its sidecar says {expected} ({fed})")
         self._input_shape = expected
         out_shape = tuple(int(d) for d in self._output["shape"])
-        if out_shape[-1] != len(self.labels):
-            raise KwspotError(f"{self.path}: model gives {out_shape[-1]} scores for {len(self.labels)} labels")
+        if out_shape != (1, len(self.labels)):
+            raise KwspotError(f"{self.path}: model gives scores of shape {out_shape}; its sidecar names "
+                              f"{len(self.labels)} labels, so (1, {len(self.labels)})")
+        for what, detail in (("input", self._input), ("output", self._output)):
+            if np.dtype(detail["dtype"]) != np.float32:
+                raise KwspotError(f"{self.path}: model {what} is {np.dtype(detail['dtype'])}, kwspot needs float32")
+        self._check_scores()
+
+    def _check_scores(self) -> None:
+        """One window of silence must give probabilities (finite, 0..1): a model that gives anything else is refused."""
+        try:
+            scores = self._invoke(np.zeros(self._input_shape, np.float32))
+        except (ValueError, RuntimeError) as exc:
+            raise KwspotError(f"{self.path}: model does not run ({str(exc).strip().splitlines()[0]})") from None
+        if not (np.isfinite(scores).all() and (scores >= -1e-3).all() and (scores <= 1.0 + 1e-3).all()):
+            raise KwspotError(f"{self.path}: model gives scores that are not probabilities (e.g. {float(scores[0]):g})")
 
     @property
     def name(self) -> str:

@@ -79,6 +79,15 @@ def with_config(text: str) -> Callable[[Path], list[str]]:
     return make
 
 
+def with_config_and_file(text: str, name: str, data: bytes) -> Callable[[Path], list[str]]:
+    """A config naming a file (TMP in ``text`` is the test's folder) that holds ``data``."""
+    def make(tmp: Path) -> list[str]:
+        (tmp / name).write_bytes(data)
+        return with_config(text.replace("TMP", str(tmp)))(tmp)
+
+    return make
+
+
 def with_model(prepare: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
     def make(tmp: Path) -> list[str]:
         return [*wav("PCM_16")(tmp), "--model", str(prepare(tmp))]
@@ -120,6 +129,16 @@ def wrong_shape(tmp: Path) -> Path:
     for suffix in (".tflite", ".json"):
         shutil.copy(DATA / f"wrong_shape{suffix}", tmp / f"wrong_shape{suffix}")
     return tmp / "wrong_shape.tflite"
+
+
+def odd_model(name: str) -> Callable[[Path], Path]:
+    """A tiny model from tests/data/odd_models (see make.py there), with the bundled sidecar."""
+    def make(tmp: Path) -> Path:
+        shutil.copy(DATA / "odd_models" / f"{name}.tflite", tmp / f"{name}.tflite")
+        shutil.copy(sidecar_path(bundled_model_path()), tmp / f"{name}.json")
+        return tmp / f"{name}.tflite"
+
+    return make
 
 
 def with_socket(prepare: Callable[[Path], str]) -> Callable[[Path], list[str]]:
@@ -182,6 +201,24 @@ CASES = {
     "YAML alias bomb": (with_config("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(9))),
         ["kw.yaml", "aliases"]),
+    "YAML nested 20000 deep": (with_config("detector: " + "[" * 20000 + "]" * 20000 + "\n"),
+                               ["kw.yaml", "nested more than"]),
+    "YAML section given twice": (with_config("detector:\n  thresholds: {yes: 0.9}\ndetector:\n  min_pause_ms: 0\n"),
+                                 ["kw.yaml", "line 3", "'detector' given twice"]),
+    "YAML key given twice": (with_config("detector:\n  threshold: 0.5\n  threshold: 0.6\n"),
+                             ["kw.yaml", "'threshold' given twice"]),
+    "MQTT password file not UTF-8": (with_config_and_file(
+        "sinks:\n  mqtt: {username: u, password_file: TMP/pw}\n", "pw", b"p\xe9ss\n"), ["pw", "UTF-8"]),
+    "MQTT password file a device": (with_config("sinks:\n  mqtt: {username: u, password_file: /dev/zero}\n"),
+                                    ["/dev/zero", "not a regular file"]),
+    "MQTT password file name with NUL": (with_config('sinks:\n  mqtt: {username: u, password_file: "/tmp/p\\0w"}\n'),
+                                         ["NUL"]),
+    "MQTT host label over 63": (with_config("sinks:\n  mqtt: {host: " + "h" * 100 + ".example}\n"),
+                                ["sinks.mqtt.host"]),
+    "MQTT client id over 64 KiB": (with_config("sinks:\n  mqtt: {client_id: " + "c" * 70000 + "}\n"),
+                                   ["sinks.mqtt.client_id", "bytes"]),
+    "MQTT topic over 64 KiB": (with_config("sinks:\n  mqtt: {topic: " + "t" * 70000 + "}\n"),
+                               ["sinks.mqtt.topic", "bytes"]),
     "invalid yaml": (with_config("detector: {threshold: [0.5\n"), ["kw.yaml", "YAML"]),
     "missing config": (lambda tmp: ["listen", "--config", str(tmp / "none.yaml")], ["none.yaml"]),
     # model
@@ -205,6 +242,11 @@ CASES = {
         sample_rate=10**12))), ["thz.json", "sample_rate"]),
     "model of 50 GB": (with_model(sparse_model), ["vast.tflite", "over the 256 MiB"]),
     "sidecar of 3 GB": (with_model(sparse_sidecar), ["wordy.json", "over 16 MiB"]),
+    "model takes int32": (with_model(odd_model("intin")), ["intin.tflite", "int32"]),
+    "model gives int64": (with_model(odd_model("outint")), ["outint.tflite", "int64"]),
+    "model gives (1, 1, 12)": (with_model(odd_model("out3")), ["out3.tflite", "(1, 1, 12)"]),
+    "model gives (12,)": (with_model(odd_model("out1d")), ["out1d.tflite", "(12,)"]),
+    "model gives NaN": (with_model(odd_model("nanout")), ["nanout.tflite", "not probabilities"]),
     "labels do not fit model": (
         with_model(lambda tmp: copy_model(tmp, "few", sidecar=bundled_sidecar(labels=["yes", "no"], thresholds={}))),
         ["few.tflite", "2 labels"]

@@ -102,6 +102,20 @@ def test_per_keyword_thresholds_are_checked_against_the_model_by_name():
         detector_settings(validate({"detector": {"thresholds": {"halt": 0.5}}}), model, where="my.yaml")
 
 
+def test_threshold_flag_wins_over_every_per_keyword_threshold():
+    """--threshold is one threshold for every keyword: the config's per-keyword ones give way, as the sidecar's do."""
+    from kwspot.listen import detector_settings
+    from kwspot.model import Model, bundled_model_path
+
+    model = Model(bundled_model_path())
+    settings = validate({"detector": {"threshold": 0.5, "thresholds": {"yes": 0.9999}}})
+    flagged = detector_settings(settings, model, cli_threshold=True)
+    assert flagged.threshold == 0.5 and not flagged.thresholds
+    assert detector_settings(settings, model).thresholds["yes"] == 0.9999
+    with pytest.raises(KwspotError, match="halt"):  # a wrong keyword is still an error
+        detector_settings(validate({"detector": {"thresholds": {"halt": 0.5}}}), model, cli_threshold=True)
+
+
 def test_a_config_that_is_not_utf8_is_one_line_naming_the_line(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("# r\u00e9glages\ndetector:\n  threshold: 0.7\n".encode("latin-1"))

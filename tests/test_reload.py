@@ -85,6 +85,9 @@ def test_sighup_keeps_the_socket_jsonl_and_threshold_from_the_command_line(tmp_p
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(9))).encode(),
      "aliases"),
     (b"detector:\n  thresholds: {marvin: 0.5}\n", "detector.thresholds.marvin"),
+    (b"detector: " + b"[" * 20000 + b"]" * 20000 + b"\n", "nested more than"),
+    (b"sinks:\n  mqtt: {username: u, password_file: TMP/pw.latin1}\n", "not UTF-8"),
+    (b"model:\n  path: TMP/absent.tflite\n", "absent.tflite: no such model file"),
 ])
 def test_a_bad_config_on_sighup_is_refused_and_the_daemon_goes_on(tmp_path, bad, needle):
     sock = tmp_path / "kw.sock"
@@ -94,7 +97,8 @@ def test_a_bad_config_on_sighup_is_refused_and_the_daemon_goes_on(tmp_path, bad,
     try:
         daemon.play(np.zeros(RATE, np.float32))
         wait_for(sock.exists, 30, "the socket")
-        config.write_bytes(bad)
+        (tmp_path / "pw.latin1").write_bytes(b"p\xe9ss\n")
+        config.write_bytes(bad.replace(b"TMP", str(tmp_path).encode()))
         daemon.hup_and_wait("reload refused")
         refused = next(line for line in daemon.err if "reload refused" in line)
         assert needle in refused and len(refused) < 300, refused
@@ -107,3 +111,23 @@ def test_a_bad_config_on_sighup_is_refused_and_the_daemon_goes_on(tmp_path, bad,
             daemon.proc.kill()
     assert not sock.exists()
     assert not any("Traceback" in line for line in daemon.err), daemon.err
+
+
+def test_sighup_says_which_changed_settings_wait_for_a_restart(tmp_path):
+    config = tmp_path / "kw.yaml"
+    config.write_text("detector:\n  threshold: 0.7\n")
+    daemon = ReloadingDaemon("--config", str(config), "--format", "jsonl")
+    try:
+        daemon.play(np.zeros(RATE, np.float32))
+        wait_for(lambda: daemon.logged("listening on"), 30, "start-up")
+        config.write_text("detector:\n  threshold: 0.6\n  hop_ms: 50\n"
+                          "audio:\n  block_ms: 50\nlogging:\n  level: warning\n")
+        daemon.hup_and_wait("not applied until kwspot restarts")
+        line = next(line for line in daemon.err if "not applied until" in line)
+        assert line.endswith("audio.block_ms, logging.level, detector.hop_ms"), line
+        assert any("configuration reloaded" in line and "threshold 0.6" in line for line in daemon.err), daemon.err
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=30) == 0, daemon.err
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()

@@ -29,7 +29,7 @@ from typing import Any
 from kwspot.checks import choice, number, optional, show, string
 from kwspot.errors import KwspotError
 from kwspot.events import Event
-from kwspot.paths import not_a_file
+from kwspot.paths import checked, not_a_file, shown
 from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 
 DROP_LOG_INTERVAL_S = 5.0
@@ -42,14 +42,27 @@ def default_site() -> str:
     return socket.gethostname().split(".")[0] or "default"
 
 
+MAX_PASSWORD_FILE_BYTES = 4096
+
+
 def read_password(path: str | Path) -> str:
-    """The first line of a password file (so it stays out of the config and the process list)."""
+    """The first line of a password file (so it stays out of the config and the process list): UTF-8, bounded."""
+    file = checked(path, "MQTT password file")
+    if not file.is_file():
+        raise KwspotError(f"{shown(file)}: {not_a_file(file, 'MQTT password')}")
     try:
-        lines = Path(path).read_text().splitlines()
+        with file.open("rb") as fh:
+            data = fh.read(MAX_PASSWORD_FILE_BYTES + 1)
     except OSError as exc:
-        raise KwspotError(f"{path}: cannot read the MQTT password file ({exc.strerror})") from None
+        raise KwspotError(f"{shown(file)}: cannot read the MQTT password file ({exc.strerror})") from None
+    if len(data) > MAX_PASSWORD_FILE_BYTES:
+        raise KwspotError(f"{shown(file)}: over {MAX_PASSWORD_FILE_BYTES} bytes: not an MQTT password file")
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise KwspotError(f"{shown(file)}: the MQTT password file is not UTF-8 text") from None
     if not lines or not lines[0]:
-        raise KwspotError(f"{path}: the MQTT password file is empty")
+        raise KwspotError(f"{shown(file)}: the MQTT password file is empty")
     return lines[0]
 
 
@@ -259,15 +272,45 @@ class MqttSink:
 # ---- settings: ``sinks.mqtt`` ----------------------------------------------------------------------------------
 
 
-def _topic_part(key: str, value: Any) -> str:
+MAX_MQTT_STRING = 65535  # bytes of UTF-8 in an MQTT string (topic, client id): a 16-bit length
+
+
+def _mqtt_string(key: str, value: Any) -> str:
+    """A non-empty string that MQTT can carry: at most 65535 bytes of UTF-8 (less room for what is added), no NUL."""
     string(key, value)
+    if "\0" in value or len(value.encode("utf-8", "surrogatepass")) > MAX_MQTT_STRING - 1024:
+        raise KwspotError(f"config: {key} must be at most {MAX_MQTT_STRING - 1024} bytes without NUL, "
+                          f"not {show(value)}")
+    return value
+
+
+def _host(key: str, value: Any) -> str:
+    """A host name or address the network library can look up (labels of at most 63 characters, no NUL)."""
+    string(key, value)
+    try:
+        ok = "\0" not in value and len(value) <= 253 and bool(value.encode("idna"))
+    except UnicodeError:
+        ok = False
+    if not ok:
+        raise KwspotError(f"config: {key} must be a host name or address, not {show(value)}")
+    return value
+
+
+def _password_file(key: str, value: Any) -> str:
+    string(key, value)
+    checked(value, "MQTT password file")
+    return value
+
+
+def _topic_part(key: str, value: Any) -> str:
+    _mqtt_string(key, value)
     if any(c in value for c in "+#/"):
         raise KwspotError(f"config: {key} must not contain '+', '#' or '/', not {show(value)}")
     return value
 
 
 def _topic(key: str, value: Any) -> str:
-    string(key, value)
+    _mqtt_string(key, value)
     if any(c in value for c in "+#"):
         raise KwspotError(f"config: {key} is a topic to publish to: no '+' or '#' wildcards, not {show(value)}")
     return value
@@ -275,15 +318,15 @@ def _topic(key: str, value: Any) -> str:
 
 _flag = choice(True, False)
 MQTT_KEYS: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
-    "host": ("localhost", string),
+    "host": ("localhost", _host),
     "port": (1883, number(1, 65535, integer=True)),
-    "client_id": (None, optional(string)),
+    "client_id": (None, optional(_mqtt_string)),
     "topic": (None, optional(_topic)),  # None: kwspot/<site>/detected
     "site": (None, optional(_topic_part)),  # None: this machine's host name
     "qos": (0, choice(0, 1, 2)),
     "retain": (False, _flag),
     "username": (None, optional(string)),
-    "password_file": (None, optional(string)),
+    "password_file": (None, optional(_password_file)),
     "tls": (False, _flag),
     "ca_file": (None, optional(string)),  # None: the system's CA certificates
     "hermes": (False, _flag),

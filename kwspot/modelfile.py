@@ -107,6 +107,9 @@ def _verifier(value: Any, keywords: tuple[str, ...], path: Path) -> VerifierFile
     return VerifierFile(path.parent / head, float(threshold), thresholds)
 
 
+MAX_FFT = 8192  # 1 s at 8 kHz in one frame; the bundled model uses 256
+
+
 def _features(value: Any, window_samples: int, sample_rate: int, path: Path) -> LogMelSpec | None:
     if value is None:
         return None
@@ -116,6 +119,9 @@ def _features(value: Any, window_samples: int, sample_rate: int, path: Path) -> 
     ints = {key: _whole(value, key, 0, path) for key in ("frame", "hop", "fft", "mels")}
     if ints["fft"] < ints["frame"] or ints["frame"] > window_samples:
         raise KwspotError(f"{where}: frame {ints['frame']} must fit both fft {ints['fft']} and the window")
+    if ints["fft"] > MAX_FFT or ints["mels"] > ints["fft"] // 2 + 1:  # the DFT matrix is frame x fft floats
+        raise KwspotError(f"{where}: fft {ints['fft']} and mels {ints['mels']} must be at most {MAX_FFT} and "
+                          f"fft/2 + 1 (a keyword model's front end uses a few hundred)")
     reals = {}
     for key in ("fmin", "fmax", "floor"):
         number = value.get(key)
@@ -169,7 +175,7 @@ def read(model_path: str | Path) -> ModelFile:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise KwspotError(f"{path}: model sidecar missing (labels and front-end settings)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         raise KwspotError(f"{path}: unreadable model sidecar ({str(exc):.80})") from None
     return check(meta, path)
 

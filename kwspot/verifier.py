@@ -95,6 +95,9 @@ class Embedder:
         return out
 
 
+MAX_WINDOW_S = 10.0  # the verifier's audio window; the bundled head takes 1.5 s
+
+
 class Head:
     """A small MLP in a ``.npz``: ``labels``, ``window_s``, ``mean``/``std`` of the features, ``w0, b0, w1, b1, ...``.
 
@@ -111,19 +114,28 @@ class Head:
         except (OSError, ValueError) as exc:
             raise KwspotError(f"{self.path}: unreadable verifier head ({str(exc):.80})") from None
         try:
-            self.labels = tuple(str(x) for x in arrays["labels"])
-            self.window_s = float(arrays["window_s"])
+            self.labels = tuple(str(x) for x in np.atleast_1d(arrays["labels"]))
+            self.window_s = float(np.asarray(arrays["window_s"]).reshape(-1)[0]) if arrays["window_s"].size else 0.0
             self.mean = arrays["mean"].astype(np.float32)
             self.std = arrays["std"].astype(np.float32)
             n = sum(1 for k in arrays if k[0] == "w" and k[1:].isdigit())
             self.layers = [(arrays[f"w{i}"].astype(np.float32), arrays[f"b{i}"].astype(np.float32)) for i in range(n)]
         except KeyError as exc:
             raise KwspotError(f"{self.path}: verifier head lacks {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise KwspotError(f"{self.path}: verifier head holds values of the wrong type ({str(exc):.60})") from None
         dims = [self.mean.size] + [w.shape[1] for w, _ in self.layers]
         ok = self.layers and all(w.shape == (a, b) and bias.shape == (b,)
                                  for (w, bias), a, b in zip(self.layers, dims[:-1], dims[1:], strict=True))
         if not ok or dims[-1] != len(self.labels) or self.std.shape != self.mean.shape:
             raise KwspotError(f"{self.path}: verifier head layers do not fit together")
+        if not 0.5 <= self.window_s <= MAX_WINDOW_S:  # NaN fails too
+            raise KwspotError(f"{self.path}: verifier head window_s must be 0.5 to {MAX_WINDOW_S:g} s, "
+                              f"not {self.window_s:g}")
+        values = (self.mean, self.std, *(x for layer in self.layers for x in layer))
+        arrays_ok = all(np.isfinite(a).all() for a in values)
+        if not arrays_ok or not (self.std > 0).all():
+            raise KwspotError(f"{self.path}: verifier head holds NaN, infinite or non-positive std values")
 
     @property
     def features(self) -> int:

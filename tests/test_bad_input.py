@@ -240,6 +240,10 @@ CASES = {
         window_samples=8 * 10**12))), ["huge.json", "window_samples", "more than 80000"]),
     "sidecar sample rate of a terahertz": (with_model(lambda tmp: copy_model(tmp, "thz", sidecar=bundled_sidecar(
         sample_rate=10**12))), ["thz.json", "sample_rate"]),
+    "sidecar nested 100000 deep": (with_model(lambda tmp: copy_model(tmp, "deep", sidecar=(
+        bundled_sidecar()[:-1] + ', "notes": ' + "[" * 100000 + "]" * 100000 + "}"))), ["deep.json", "unreadable"]),
+    "sidecar fft of a million": (with_model(lambda tmp: copy_model(tmp, "fft", sidecar=bundled_sidecar(features={
+        **json.loads(bundled_sidecar())["features"], "fft": 10**6}))), ["fft.json", "fft 1000000"]),
     "model of 50 GB": (with_model(sparse_model), ["vast.tflite", "over the 256 MiB"]),
     "sidecar of 3 GB": (with_model(sparse_sidecar), ["wordy.json", "over 16 MiB"]),
     "model takes int32": (with_model(odd_model("intin")), ["intin.tflite", "int32"]),

@@ -94,6 +94,20 @@ def test_head_problems_are_one_line_errors(tmp_path):
         Verifier(write_head(tmp_path / "h.npz", "yes"), embedder=type("E", (), {"n_embeddings": 3})())
 
 
+@pytest.mark.parametrize("change, needle", [
+    ({"window_s": np.float32(np.nan)}, "window_s must be"), ({"window_s": np.float64(1e7)}, "window_s must be"),
+    ({"window_s": np.float32(0.0)}, "window_s must be"), ({"window_s": np.float32(-1.5)}, "window_s must be"),
+    ({"labels": np.array(5)}, "do not fit together"), ({"std": np.zeros(N_EMB * EMBEDDING_DIM)}, "std"),
+    ({"mean": np.full(N_EMB * EMBEDDING_DIM, np.inf)}, "infinite"),
+    ({"mean": np.array(["a"] * N_EMB * EMBEDDING_DIM)}, "wrong type"),
+])
+def test_head_values_out_of_range_are_one_line_errors(tmp_path, change, needle):
+    good = dict(np.load(write_head(tmp_path / "good.npz", "yes")))
+    np.savez(tmp_path / "bad.npz", **{**good, **change})
+    with pytest.raises(KwspotError, match=needle):
+        Head(tmp_path / "bad.npz")
+
+
 def test_sidecar_names_its_verifier(tmp_path):
     model = tmp_path / "m.tflite"
     meta = {"labels": LABELS, "verifier": {"head": "m.verifier.npz", "thresholds": {"yes": 0.3}}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import logging
 import os
 import sys
@@ -147,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     interrupt.install()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a keyword the locale cannot encode prints as an escape
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         code = run(build_parser(argv).parse_args(argv))
     except KwspotError as exc:

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import claim_rate, kwspot_cmd, wait_for
+from conftest import claim_rate, espeak, kwspot_cmd, run_kwspot, wait_for
 from kwspot import modelfile
 from kwspot.argtypes import Number, NumberList
 from kwspot.cli import build_parser, main
@@ -784,3 +784,36 @@ def test_a_sidecar_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", full)
     with pytest.raises(KwspotError, match=r"m\.json: cannot write the model sidecar \(No space left on device\)"):
         modelfile.save_thresholds(model, {"yes": 0.5})
+
+
+def latin1_locale(tmp: Path) -> dict[str, str] | None:
+    """Environment for an ISO-8859-1 locale compiled into ``tmp`` (None where localedef cannot make one)."""
+    target = tmp / "loc" / "en_US.ISO-8859-1"
+    target.parent.mkdir()
+    made = subprocess.run(["localedef", "-i", "en_US", "-f", "ISO-8859-1", str(target)], capture_output=True)
+    if not target.is_dir():
+        return None
+    assert made.returncode in (0, 1), made.stderr  # 1: made, with warnings
+    return {"LOCPATH": str(tmp / "loc"), "LC_ALL": "en_US.ISO-8859-1"}
+
+
+def test_a_keyword_the_locale_cannot_encode_prints_escaped_and_reaches_actions(tmp_path):
+    env = latin1_locale(tmp_path)
+    if env is None:
+        pytest.skip("localedef cannot make an ISO-8859-1 locale here")
+    model = tmp_path / "jp.tflite"
+    shutil.copy(bundled_model_path(), model)
+    meta = json.loads(sidecar_path(bundled_model_path()).read_text())
+    meta["labels"] = ["日本語" if label == "yes" else label for label in meta["labels"]]
+    meta["thresholds"] = {("日本語" if k == "yes" else k): v for k, v in meta["thresholds"].items()}
+    (tmp_path / "jp.json").write_text(json.dumps(meta))
+    clip = tmp_path / "yes.wav"
+    espeak("yes", clip)
+    said = run_kwspot("predict", "--model", str(model), str(clip), env=env)
+    assert said.returncode == 0 and "Traceback" not in said.stderr, said.stderr
+    assert "\\u65e5\\u672c\\u8a9e" in said.stdout, said.stdout
+    log = tmp_path / "actions.txt"
+    heard = run_kwspot("listen", "--model", str(model), "--input", str(clip), "--fast", "--format", "console",
+                       "--exec", f'printf "%s\\n" "$KWSPOT_KEYWORD" >> {log}', env=env)
+    assert heard.returncode == 0 and "Traceback" not in heard.stderr, heard.stderr
+    assert log.read_bytes().decode("utf-8").split() == ["日本語"]  # the action got the word, as UTF-8

@@ -112,17 +112,17 @@ class ActionsSink:
                 self.dropped += 1
                 self._cond.notify_all()
                 return
-        env = {
-            **os.environ, "KWSPOT_KEYWORD": event.keyword, "KWSPOT_SCORE": f"{event.score:.4f}",
-            "KWSPOT_T": f"{event.t:.3f}", "KWSPOT_TIME": event.time, "KWSPOT_MODEL": event.model,
-        }
+        ours = {"KWSPOT_KEYWORD": event.keyword, "KWSPOT_SCORE": f"{event.score:.4f}", "KWSPOT_T": f"{event.t:.3f}",
+                "KWSPOT_TIME": event.time, "KWSPOT_MODEL": event.model}
+        # bytes: a keyword the locale cannot encode still reaches the action, as UTF-8
+        env = {**os.environb, **{k.encode(): v.encode("utf-8", "surrogateescape") for k, v in ours.items()}}
         try:
             proc = subprocess.Popen(
                 action.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, text=True, errors="replace",
+                start_new_session=True, text=True, encoding="utf-8", errors="replace",
             )
-        except OSError as exc:
-            self.log.error("action %s: cannot run it (%s)", action.label, exc.strerror or exc)
+        except (OSError, ValueError) as exc:  # ValueError: an argument the locale cannot encode, or a NUL
+            self.log.error("action %s: cannot run it (%s)", action.label, getattr(exc, "strerror", None) or exc)
             return
         with self._cond:
             self._running.add(proc)

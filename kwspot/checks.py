@@ -58,3 +58,11 @@ def octal_mode(key: str, value: Any) -> str:
     if not isinstance(value, str) or len(value) not in (3, 4) or any(c not in "01234567" for c in value):
         raise KwspotError(f"config: {key} must be an octal mode in quotes such as \"0660\", not {show(value)}")
     return value
+
+
+def host_name_ok(text: str) -> bool:
+    """Whether a network library can look ``text`` up: no NUL, at most 253 characters, labels of at most 63."""
+    try:
+        return "\0" not in text and 0 < len(text) <= 253 and bool(text.encode("idna"))
+    except UnicodeError:
+        return False

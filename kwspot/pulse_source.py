@@ -29,8 +29,12 @@ def server_reachable(env: dict[str, str] | None = None) -> bool:
     systemd, where none belongs).
     """
     env = os.environ if env is None else env
-    if env.get("PULSE_SERVER"):
-        return True
+    if env.get("PULSE_SERVER"):  # servers separated by spaces: unix:/path, /path, or a network address
+        for server in env["PULSE_SERVER"].split():
+            path = server.removeprefix("unix:")
+            if not path.startswith("/") or Path(path).is_socket():
+                return True
+        return False
     runtime = env.get("PULSE_RUNTIME_PATH") or (env.get("XDG_RUNTIME_DIR") and f"{env['XDG_RUNTIME_DIR']}/pulse")
     candidates = [Path(runtime, "native")] if runtime else []
     return any(path.is_socket() for path in [*candidates, Path("/run/pulse/native")])

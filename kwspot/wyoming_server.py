@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from wyoming.wake import Detect, Detection, NotDetected
 
 from kwspot import __version__, interrupt
 from kwspot.argtypes import Number
+from kwspot.checks import host_name_ok
 from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.events import Event
@@ -243,7 +245,10 @@ class WakeConnection(AsyncEventHandler):
 
 def check_uri(uri: str, zeroconf: str | None) -> None:
     """Refuse a URI the server cannot use, before the model is loaded."""
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
+        raise KwspotError(f"--uri {uri[:80]}: not a URI ({exc})") from None
     if parsed.scheme not in ("tcp", "unix", "stdio"):
         raise KwspotError(f"--uri {uri}: must start with tcp://, unix:// or stdio://")
     if parsed.scheme == "tcp":
@@ -253,6 +258,10 @@ def check_uri(uri: str, zeroconf: str | None) -> None:
             raise KwspotError(f"--uri {uri}: the port must be a number from 0 to 65535") from None
         if not parsed.hostname or port is None:
             raise KwspotError(f"--uri {uri}: give a host and a port, e.g. {DEFAULT_URI}")
+        if not host_name_ok(parsed.hostname):
+            raise KwspotError(f"--uri {uri[:80]}: {parsed.hostname[:40]!r} is not a host name or address")
+    if parsed.scheme == "stdio" and (sys.stdin is None or sys.stdout is None):
+        raise KwspotError(f"--uri {uri}: standard input or output is closed")
     if parsed.scheme == "unix" and not parsed.path:
         raise KwspotError(f"--uri {uri}: give a socket path, e.g. unix:///run/kwspot/wyoming.sock")
     if parsed.scheme == "unix":
@@ -294,6 +303,14 @@ async def _announce(port: int, host: str, name: str) -> None:
     except OSError as exc:
         raise KwspotError(f"--zeroconf: cannot announce the service ({exc.strerror or exc})") from None
     log.info("announced as %r over zeroconf (_wyoming._tcp, port %d)", name, port)
+
+
+def _bound_port(server: AsyncServer) -> int | None:
+    """The TCP port the server listens on (the system's choice for port 0); None for other transports."""
+    listening = getattr(server, "_server", None)
+    sockets = getattr(listening, "sockets", None) or []
+    names = [sock.getsockname() for sock in sockets if sock.family in (socket.AF_INET, socket.AF_INET6)]
+    return int(names[0][1]) if names else None
 
 
 async def _watchdog(notifier: SystemdNotifier) -> None:
@@ -348,9 +365,12 @@ async def serve(service: WakeService, uri: str, zeroconf: str | None = None,
         await server.start(partial(WakeConnection, service))
     except OSError as exc:
         raise KwspotError(f"--uri {uri}: cannot listen ({exc.strerror or exc})") from None
+    bound = _bound_port(server)
+    if bound is not None and bound != parsed.port:  # port 0: the system chose one
+        uri = f"tcp://{parsed.netloc.rsplit(':', 1)[0]}:{bound}"
     try:
         if zeroconf is not None:
-            await _announce(int(parsed.port or 0), parsed.hostname or "", zeroconf)
+            await _announce(bound or 0, parsed.hostname or "", zeroconf)
         log.info("serving Wyoming on %s with model %s (%s)", uri, service.model.path.name, words)
         notifier.ready()
         pinger = asyncio.create_task(_watchdog(notifier))

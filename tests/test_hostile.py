@@ -144,6 +144,9 @@ def test_flags_that_take_words_refuse_bad_ones_in_one_line(case, capsys):
     (f"unix:///tmp/{'s' * 300}.sock", "too long"),
     ("tcp://127.0.0.1:99999", "port"),
     ("udp://127.0.0.1:10400", "tcp://"),
+    ("tcp://[::1", "not a URI"),
+    (f"tcp://{'h' * 300}:10400", "not a host name"),
+    (f"tcp://{'h' * 70}.example:10400", "not a host name"),
 ])
 def test_wyoming_refuses_bad_uris_in_one_line(uri, needle, capsys, monkeypatch):
     monkeypatch.setenv("KWSPOT_CONFIG", "")
@@ -817,3 +820,26 @@ def test_a_keyword_the_locale_cannot_encode_prints_escaped_and_reaches_actions(t
                        "--exec", f'printf "%s\\n" "$KWSPOT_KEYWORD" >> {log}', env=env)
     assert heard.returncode == 0 and "Traceback" not in heard.stderr, heard.stderr
     assert log.read_bytes().decode("utf-8").split() == ["日本語"]  # the action got the word, as UTF-8
+
+
+def test_wyoming_on_a_closed_stdio_is_one_line():
+    result = subprocess.run(kwspot_cmd("wyoming", "--uri", "stdio://"), capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "KWSPOT_CONFIG": ""}, preexec_fn=lambda: os.close(0))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == "kwspot: error: --uri stdio://: standard input or output is closed"
+
+
+def test_wyoming_on_port_0_logs_the_port_it_got():
+    proc = subprocess.Popen(kwspot_cmd("wyoming", "--uri", "tcp://127.0.0.1:0"), stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "KWSPOT_CONFIG": ""})
+    try:
+        line = ""
+        while "serving Wyoming" not in line:
+            line = proc.stderr.readline()
+            assert line, "the server ended before serving"
+        port = int(line.split("tcp://127.0.0.1:")[1].split()[0])
+        assert port > 0
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # it is the port served
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -32,6 +32,11 @@ def test_a_server_socket_or_address_makes_the_server_reachable(runtime, tmp_path
     assert server_reachable({"PULSE_RUNTIME_PATH": str(runtime / "pulse")})
     assert server_reachable({"PULSE_SERVER": "tcp:localhost"})
     assert not server_reachable({"XDG_RUNTIME_DIR": str(empty)})
+    socket_path = str(runtime / "pulse" / "native")
+    assert server_reachable({"PULSE_SERVER": f"unix:{socket_path}"}) and server_reachable({"PULSE_SERVER": socket_path})
+    assert not server_reachable({"PULSE_SERVER": "/nonexistent"})  # a path that holds no server
+    assert not server_reachable({"PULSE_SERVER": f"unix:{empty}/none"})
+    assert server_reachable({"PULSE_SERVER": f"/nonexistent {socket_path}"})  # the next in the list is there
     (empty / "pulse").mkdir()
     (empty / "pulse" / "native").write_text("")  # a regular file is no server
     assert not server_reachable({"XDG_RUNTIME_DIR": str(empty)})

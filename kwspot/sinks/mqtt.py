@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kwspot.checks import choice, number, optional, show, string
+from kwspot.checks import choice, host_name_ok, number, optional, show, string
 from kwspot.errors import KwspotError
 from kwspot.events import Event
 from kwspot.paths import checked, not_a_file, shown
@@ -287,11 +287,7 @@ def _mqtt_string(key: str, value: Any) -> str:
 def _host(key: str, value: Any) -> str:
     """A host name or address the network library can look up (labels of at most 63 characters, no NUL)."""
     string(key, value)
-    try:
-        ok = "\0" not in value and len(value) <= 253 and bool(value.encode("idna"))
-    except UnicodeError:
-        ok = False
-    if not ok:
+    if not host_name_ok(value):
         raise KwspotError(f"config: {key} must be a host name or address, not {show(value)}")
     return value
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -15,12 +17,16 @@ from kwspot.model import Model
 from kwspot.paths import shown
 
 BLOCK_S = 1.0  # read long files a second at a time: memory stays bounded whatever their length
+# Float audio is full scale at 1. A little over happens (a mix with no headroom), but 60 dB over full scale is no
+# recording: it is data of another scale (e.g. int16 counts stored as float) or garbage, whose features are
+# meaningless and, near 1e19, overflow float32 in the power spectrum.
+MAX_SAMPLE = 1e3
 
 
 def loudest_window(path: str | Path, length: int) -> np.ndarray:
     """The clip as ``fit_window`` cuts it (padded, or the loudest ``length`` samples), read in blocks.
 
-    NaN or infinite samples are an error: a clip that holds them has no meaningful answer.
+    NaN or infinite samples, or samples far outside [-1, 1], are an error: such a clip has no meaningful answer.
     """
     with open_audio(path) as audio:
         resampler = StreamResampler(audio.samplerate)
@@ -35,6 +41,10 @@ def loudest_window(path: str | Path, length: int) -> np.ndarray:
             bad = count_nonfinite(frames)
             if bad:
                 raise KwspotError(f"{shown(path)}: {bad} samples are NaN or infinite")
+            huge = int(np.count_nonzero(np.abs(frames) > MAX_SAMPLE))
+            if huge:
+                raise KwspotError(f"{shown(path)}: samples far outside [-1, 1] "
+                                  f"({huge} of magnitude over {MAX_SAMPLE:g})")
             samples = resampler.process(to_mono(frames), last=len(frames) < block)
             window = np.concatenate((tail, samples))
             if window.size >= length:
@@ -69,10 +79,30 @@ def run_predict(model: Model, files: list[str], as_json: bool) -> int:
             print(f"kwspot: error: {exc}", file=sys.stderr, flush=True)
             continue
         if as_json:
-            print(json.dumps({"file": name, "label": label, "score": round(score, 4)}), flush=True)
+            print(json_text({"file": name, "label": label, "score": round(score, 4)}), flush=True)
         else:
             print(f"{shown(name)}\t{label}\t{score:.3f}", flush=True)
     return 2 if failed else 0
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (also inside dicts, lists, numpy scalars) made None."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [finite(v) for v in value]
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def json_text(value: Any, **kwargs: Any) -> str:
+    """Strict JSON (as JavaScript or Go read it): NaN and infinities become null."""
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
 def main_predict(model_path: str | None, files: list[str], as_json: bool) -> int:

@@ -18,8 +18,9 @@ from kwspot.errors import KwspotError
 from kwspot.frontend import WINDOW_SAMPLES, load_audio
 from kwspot.paths import NAME_MAX, checked, shown
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
-from kwspot.train.data import Dataset, clip_windows, load_long, phrase_files, scan, speech_files
+from kwspot.train.data import Dataset, clip_windows, load_long, phrase_files, scan, speech_files, writable_cache
 from kwspot.train.espeak import ALL_VOICES, VOICES, training_voices
+from kwspot.train.export import stem_file
 from kwspot.train.loop import LoopSettings
 
 ARCH_DEFAULTS = {
@@ -93,11 +94,14 @@ def run(args: argparse.Namespace) -> int:
     from kwspot.train import require_tensorflow
 
     _check_out(args.out)  # bad input fails fast, before TensorFlow loads and long before the model is written
+    writable_cache(args.cache)
     data = scan(args.data, keywords=args.keywords)
     if data.missing_keywords():
         raise KwspotError(f"{args.data}: no clips for keyword(s) {', '.join(data.missing_keywords())}")
     if not data.clips["train"]:
         raise KwspotError(f"{args.data}: no training clips (everything is in the validation or testing list)")
+    if data.untrained_keywords():
+        raise KwspotError(f"{args.data}: no training clips for keyword(s) {', '.join(data.untrained_keywords())}")
     for folder in args.negatives:
         speech_files(folder)
     for folder in args.phrases:
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     models.set_normalisation(model, [make_batch(train_src, plan[i : i + 256], aug, rng)[0]
                                      for i in range(0, len(plan), 256)])
     out: Path = args.out
-    best = loop.train(model, train_src, val, aug, settings, out.with_suffix(".csv"), console, teachers)
+    best = loop.train(model, train_src, val, aug, settings, stem_file(out, ".csv"), console, teachers)
     macs = models.count_macs(model)
     meta: dict[str, Any] = {
         "labels": list(data.labels),
@@ -170,13 +174,14 @@ def run(args: argparse.Namespace) -> int:
     meta["training"] = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, (list, tuple))
                             else v) for k, v in meta["training"].items() if k != "func"}
     info = export.export(model, out, val[0], val[1], meta)
-    console.print(f"wrote {out.with_suffix('.tflite')} ({info['format']}, {info['bytes']} bytes, "
+    tflite = stem_file(out, ".tflite")
+    console.print(f"wrote {tflite} ({info['format']}, {info['bytes']} bytes, "
                   f"{info['ms_per_window']} ms/window)")
     from kwspot.model import Model
     from kwspot.train.card import write_card
     from kwspot.train.evaluate import clip_report
 
-    lite = Model(out.with_suffix(".tflite"))
+    lite = Model(tflite)
     metrics = {split: clip_report(lite, data, split, args.cache) for split in ("validation", "testing")
                if data.clips[split]}
     for split, m in metrics.items():
@@ -187,9 +192,9 @@ def run(args: argparse.Namespace) -> int:
     meta["clip_metrics"] = {s: {k: m[k] for k in ("n", "accuracy_12", "accuracy_10", "balanced_accuracy")}
                             for s, m in metrics.items()}
     sidecar = {**lite.file.meta, **meta}
-    modelfile.write(out.with_suffix(".tflite"), sidecar)
-    write_card(out.with_suffix(".md"), sidecar, metrics, host=platform.processor() or platform.machine())
-    console.print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.csv')}")
+    modelfile.write(tflite, sidecar)
+    write_card(stem_file(out, ".md"), sidecar, metrics, host=platform.processor() or platform.machine())
+    console.print(f"wrote {', '.join(str(stem_file(out, s)) for s in ('.json', '.md', '.csv'))}")
     return 0
 
 
@@ -198,6 +203,7 @@ def _check_out(out: Path) -> None:
     out = checked(out, "output")
     if out.is_dir():
         raise KwspotError(f"{shown(out)}: a directory; --out is a file stem such as models/mine")
+    checked(stem_file(out, ".tflite"), "output")  # the longest name written
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -8,9 +8,14 @@ disk, so that a 105,000-clip download costs disk (1.7 GB), not memory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +24,7 @@ import numpy as np
 from kwspot import KEYWORDS, SILENCE, UNKNOWN
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, fit_window, load_audio
+from kwspot.paths import checked, shown
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 NOISE_DIR = "_background_noise_"
@@ -98,6 +104,11 @@ class Dataset:
         present = {c.word for clips in self.clips.values() for c in clips}
         return [k for k in self.keywords if k not in present]
 
+    def untrained_keywords(self) -> list[str]:
+        """Keywords with no clip in the training split (all of them listed for validation or testing)."""
+        present = {c.word for c in self.clips["train"]}
+        return [k for k in self.keywords if k not in present]
+
     def counts(self, split: str) -> dict[str, int]:
         counts = dict.fromkeys(self.labels, 0)
         for clip in self.clips[split]:
@@ -109,7 +120,15 @@ def _read_list(root: Path, name: str | Path) -> set[str]:
     path = Path(name) if Path(name).is_absolute() else root / name
     if not path.is_file():
         return set()
-    return {Path(line.strip()).with_suffix("").as_posix() for line in path.read_text().splitlines() if line.strip()}
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        raise KwspotError(f"{shown(path)}: unreadable list ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise KwspotError(f"{shown(path)}: not UTF-8 text (line {line})") from None
+    return {Path(line.strip()).with_suffix("").as_posix() for line in text.splitlines() if line.strip()}
 
 
 def labels_for(keywords: tuple[str, ...]) -> tuple[str, ...]:
@@ -162,6 +181,22 @@ def cache_dir() -> Path:
     return Path(base).expanduser()
 
 
+def writable_cache(cache: Path | None = None) -> Path:
+    """The cache folder (``cache``, or the default), made if missing; KwspotError unless files can be written there.
+
+    Checked before any work, so that a bad ``--cache`` or ``KWSPOT_CACHE`` is one line, not a traceback later.
+    """
+    folder = checked(cache or cache_dir(), "cache folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = "not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+        raise KwspotError(f"{shown(folder)}: cache folder not writable ({reason})") from None
+    return folder
+
+
 def _key(paths: list[Path]) -> str:
     h = hashlib.sha1()
     for p in paths:
@@ -180,13 +215,41 @@ def clip_windows(paths: list[Path], cache: Path | None = None, progress: bool = 
         return np.load(target, mmap_mode="r")
     folder.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(len(paths), WINDOW_SAMPLES))
-    for i, path in enumerate(_progress(paths, "decoding clips", progress)):
-        out[i] = to_int16(fit_window(load_audio(path)))
-    out.flush()
-    del out
-    os.replace(tmp, target)
+    with removed_unless_renamed(tmp):
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(len(paths), WINDOW_SAMPLES))
+        for i, path in enumerate(_progress(paths, "decoding clips", progress)):
+            out[i] = to_int16(fit_window(load_audio(path)))
+        out.flush()
+        del out
+        os.replace(tmp, target)
     return np.load(target, mmap_mode="r")
+
+
+@contextlib.contextmanager
+def removed_unless_renamed(tmp: Path) -> Iterator[None]:
+    """Remove the partial file ``tmp`` however the block ends: an error, Ctrl-C, or SIGTERM.
+
+    Its name holds the PID, so no later run would reuse or replace it (up to 1.7 GB for Speech Commands).
+    SIGTERM, fatal by default, becomes an exit with status 143 meanwhile, so that the file goes too.
+    """
+    restore = _sigterm_as_exit()
+    try:
+        yield
+    finally:
+        tmp.unlink(missing_ok=True)
+        restore()
+
+
+def _sigterm_as_exit() -> Callable[[], None]:
+    """Make SIGTERM raise SystemExit(143) while it has its default action; returns what undoes that."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return lambda: None
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _progress(items: list[Path], what: str, show: bool):

@@ -13,7 +13,6 @@ which labels are keywords, and the data folder is read accordingly.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -21,16 +20,24 @@ from typing import Any
 
 import numpy as np
 
+from kwspot import SILENCE, UNKNOWN
 from kwspot.argtypes import Number, NumberList
 from kwspot.detector import DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import Model, bundled_model_path
-from kwspot.modelfile import save_thresholds
+from kwspot.modelfile import save_thresholds, sidecar_path
+from kwspot.paths import shown
 from kwspot.pipeline import hop_levels
-from kwspot.train.data import Dataset, clip_windows, scan, to_float
+from kwspot.predict import json_text
+from kwspot.train.data import Dataset, clip_windows, scan, to_float, writable_cache
 from kwspot.train.scoring import Verdict, pick_thresholds, replay, score, sweep
 from kwspot.train.streams import Stream, StreamSpec, parse_snrs, split_streams
+
+# The whole stream is built in memory: float32 at 8 kHz is 1.9 MB a minute, and building it (pieces, noise bed,
+# gains, mix) peaks near six copies, about 12 MB a minute. 240 minutes of each kind, plus the split's own
+# clips, stay within a few GB.
+MAX_STREAM_MINUTES = 240.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,9 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--snr", default="20,10,5", type=NumberList(-50.0, 100.0, ("clean",)),
                    help="SNRs in dB for the words, comma separated, or 'clean'")
     g.add_argument("--words", default="all", choices=("all", "keywords", "unknown"), help="which listed clips to speak")
-    g.add_argument("--minutes", type=Number(0.0, 10080.0), default=0.0,
+    g.add_argument("--minutes", type=Number(0.0, MAX_STREAM_MINUTES), default=0.0,
                    help="repeat the clips until the stream is this long")
-    g.add_argument("--other-words-minutes", type=Number(0.0, 10080.0), default=0.0,
+    g.add_argument("--other-words-minutes", type=Number(0.0, MAX_STREAM_MINUTES), default=0.0,
                    help="append this many minutes of the split's other (non-keyword) words, repeated")
     g.add_argument("--speech", action="append", type=Path, default=[], metavar="DIR",
                    help="continuous speech with none of the keywords (its split's files): false accepts on speech")
@@ -81,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
 
     from kwspot.train import report
 
+    if args.save_thresholds and not (args.stream and args.target_fa_per_hour is not None):
+        raise KwspotError("--save-thresholds needs --stream and --target-fa-per-hour")
+    writable_cache(args.cache)
     model = Model(args.model or bundled_model_path())
+    if not args.stream:
+        need_clip_labels(model)
     if args.save_thresholds and not os.access(model.path.parent, os.W_OK | os.X_OK):
         raise KwspotError(f"{model.path.parent}: not writable, so --save-thresholds could not save (copy the model)")
     split = split_of_list(args.list)
@@ -91,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stream:
         result, rows = stream_result(model, data, split, args)
         if args.json:
-            print(json.dumps(result, indent=2, default=float))
+            print(json_text(result, indent=2))
         else:
             report.print_stream_report(result, Console())
         if args.plot is not None:
@@ -101,12 +113,18 @@ def run(args: argparse.Namespace) -> int:
         raise KwspotError(f"{args.list}: lists no clips found under {args.data}")
     result = clip_report(model, data, split, args.cache)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json_text(result, indent=2))
     else:
         report.print_clip_report(result, Console())
     if args.plot is not None:
         report.plot_confusion(result, args.plot)
     return 0
+
+
+def need_clip_labels(model: Model) -> None:
+    """Clip mode maps the data's ``_silence_`` and ``_unknown_`` clips to the model's labels of those names."""
+    if SILENCE not in model.labels or UNKNOWN not in model.labels:
+        raise KwspotError(f"{shown(sidecar_path(model.path))}: evaluate needs the labels {SILENCE} and {UNKNOWN}")
 
 
 def clip_report(model: Model, data: Dataset, split: str, cache: Path | None = None) -> dict[str, Any]:
@@ -177,6 +195,9 @@ def stream_result(model: Model, data: Dataset, split: str,
     if getattr(args, "min_pause_ms", 0.0) < 0:
         raise KwspotError("--min-pause-ms must be 0 or more")
     words, speech = split_streams(data, split, stream_spec(args), np.random.default_rng(args.seed))
+    if getattr(args, "save_thresholds", False) and not any(w.label in model.keywords for w in words.words):
+        raise KwspotError(f"--save-thresholds: the {split} stream holds no keyword (--words {args.words}), "
+                          "so there are no thresholds to choose")
     hop = args.hop_ms / 1000.0
     t_w, p_w = probabilities(model, words, hop)
     t_s, p_s = probabilities(model, speech, hop)
@@ -234,8 +255,10 @@ def stream_verdict(model: Model, audio: np.ndarray, mode: str = "auto") -> Verdi
 
 
 def _silence_row(labels: list[str]) -> np.ndarray:
+    """What the model says in silence: all on ``_silence_``, or on no label for a model without one."""
     row = np.zeros(len(labels), np.float32)
-    row[labels.index("_silence_")] = 1.0
+    if SILENCE in labels:
+        row[labels.index(SILENCE)] = 1.0
     return row
 
 

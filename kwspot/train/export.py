@@ -24,6 +24,11 @@ from kwspot.train.models import feature_network
 QUANT_TOLERANCE = 0.003  # keep the quantised model when it loses at most 0.3 points of accuracy
 
 
+def stem_file(out: Path, suffix: str) -> Path:
+    """``out`` + ``suffix``: the stem is kept whole (``base.v2`` -> ``base.v2.tflite``, not ``base.tflite``)."""
+    return out.with_name(out.name + suffix)
+
+
 def convert(model: Any, quantise: bool) -> bytes:
     """LiteRT flatbuffer of ``model``; ``quantise`` = dynamic-range int8 weights (front end stays float)."""
     tf = require_tensorflow()
@@ -84,7 +89,7 @@ def export(model: Any, out: Path, x_val: np.ndarray, y_val: np.ndarray, meta: di
     except Exception as exc:  # noqa: BLE001 - quantisation is optional
         meta.setdefault("notes", []).append(f"quantisation failed: {exc}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tflite = out.with_suffix(".tflite")
+    tflite = stem_file(out, ".tflite")
     tflite.write_bytes(chosen)
     info = {
         "format": kind,

@@ -21,8 +21,9 @@ from kwspot import UNKNOWN
 from kwspot.argtypes import Number
 from kwspot.config import DEFAULTS
 from kwspot.errors import exit_status
-from kwspot.modelfile import read, save_verifier
+from kwspot.modelfile import read, save_verifier, sidecar_path
 from kwspot.train.data import scan
+from kwspot.train.export import stem_file
 from kwspot.train.verifier_data import WINDOW_S, split_embeddings
 
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    model_path = args.out.with_suffix(".tflite")
+    model_path = stem_file(args.out, ".tflite")
     keywords = read(model_path).keywords
     labels = (UNKNOWN, *keywords)
     data = scan(args.data, keywords=keywords)
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     arrays.update({f"{'wb'[i % 2]}{i // 2}": p for i, p in enumerate(params)})
     np.savez(head, **arrays)
     save_verifier(model_path, head.name, 0.5, {})
-    print(f"wrote {head} ({head.stat().st_size // 1024} KiB) and named it in {model_path.with_suffix('.json')}")
+    print(f"wrote {head} ({head.stat().st_size // 1024} KiB) and named it in {sidecar_path(model_path)}")
     return 0
 
 

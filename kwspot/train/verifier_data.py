@@ -41,6 +41,7 @@ from kwspot.train.data import (
     cache_dir,
     clip_windows,
     load_long,
+    removed_unless_renamed,
     speech_files,
     to_float,
     which_set,
@@ -291,8 +292,9 @@ def group_embeddings(name: str, identity: str, make: Callable[[Maker], list[Exam
     y = [label for _, label in examples]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, x=x, y=np.array(y))
-    os.replace(tmp, target)
+    with removed_unless_renamed(tmp):
+        np.savez(tmp, x=x, y=np.array(y))
+        os.replace(tmp, target)
     return x, y
 
 

@@ -49,7 +49,7 @@ class SystemdNotifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(msg, self.address)
+            self._sock.sendto(msg, socket.MSG_DONTWAIT, self.address)  # a reader that reads nothing must not block us
         except OSError as e:
             self.log.debug("cannot notify systemd at %r: %s", self.address, e)
             return False

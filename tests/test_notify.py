@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from pathlib import Path
 
@@ -101,3 +102,24 @@ def test_send_errors_never_raise(tmp_path: Path, caplog) -> None:
 )
 def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
     assert SystemdNotifier(env).watchdog_interval() == expected
+
+
+def test_a_reader_that_never_reads_does_not_block_the_sender(tmp_path: Path) -> None:
+    """Its queue fills (net.unix.max_dgram_qlen); further messages are dropped, not waited on (SIGTERM stays live)."""
+    path = tmp_path / "notify.sock"
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(str(path))
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(path)})
+    done = threading.Event()
+
+    def flood() -> None:
+        for _ in range(200):
+            notifier.watchdog()
+        done.set()
+
+    threading.Thread(target=flood, daemon=True).start()
+    try:
+        assert done.wait(10), "notify blocked on a full queue"
+    finally:
+        deaf.close()
+        notifier.close()

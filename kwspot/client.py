@@ -105,6 +105,9 @@ def run_events(socket_path: str | os.PathLike[str] | None = None, out: TextIO | 
         return 0
     except ConnectionResetError:
         pass
+    except OSError as exc:  # our stdout failed: a full disk (ENOSPC), an I/O error
+        _silence_stdout(out)
+        raise KwspotError(f"stdout: {exc.strerror or exc}; events stopped") from None
     print(f"kwspot events: daemon closed the connection ({path})", file=sys.stderr)
     return 1
 

@@ -224,7 +224,7 @@ class Listener:
         log.info("stopped after %.1f s of audio, %d events", self.pipeline.t, self.events)
         if self.pipeline.verifier is not None:
             log.info("verifier rejected %d of %d events", self.pipeline.rejected, self.pipeline.checks)
-        return 0
+        return 1 if any(getattr(sink, "failed", False) for sink in self.sinks.values()) else 0  # e.g. a full disk
 
     def _dispatch(self, events: list, block: np.ndarray) -> None:
         for event in events:

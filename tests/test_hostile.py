@@ -8,6 +8,7 @@ no traceback, no hang (every run has a timeout), no leftover socket file.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -843,3 +845,70 @@ def test_wyoming_on_port_0_logs_the_port_it_got():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def load_audio_pcm(path: Path) -> bytes:
+    """A clip as raw 16-bit PCM at 8 kHz (for ``listen --input - --rate 8000``), with a second of silence after."""
+    audio = np.concatenate((load_audio(path), np.zeros(8000, np.float32)))
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def test_a_full_disk_behind_stdout_is_one_warning_and_a_failed_run(tmp_path):
+    clip = espeak("yes. . . . stop", tmp_path / "words.wav")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(kwspot_cmd("listen", "--input", str(clip), "--fast", "--format", "jsonl"),
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+                                env={**os.environ, "KWSPOT_CONFIG": ""})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "stdout: No space left on device; JSON lines stopped" in result.stderr
+
+
+def test_kwspot_events_into_a_full_disk_is_one_line(tmp_path):
+    sock = tmp_path / "kw.sock"
+    daemon = subprocess.Popen(kwspot_cmd("listen", "--input", "-", "--rate", "8000", "--socket", str(sock)),
+                              stdin=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "KWSPOT_CONFIG": ""})
+    try:
+        wait_for(sock.exists, 30, "the socket")
+        with open("/dev/full", "w") as full:
+            reader = subprocess.Popen(kwspot_cmd("events", "--socket", str(sock)), stdout=full,
+                                      stderr=subprocess.PIPE, text=True, env={**os.environ, "KWSPOT_CONFIG": ""})
+            time.sleep(1.0)  # connected
+            daemon.stdin.write(load_audio_pcm(espeak("yes. . . . stop. . . .", tmp_path / "w.wav")))
+            daemon.stdin.flush()
+            err = reader.communicate(timeout=60)[1]
+        assert reader.returncode == 2, err
+        assert err.strip() == "kwspot: error: stdout: No space left on device; events stopped"
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def test_a_stalled_stdout_reader_stalls_neither_the_socket_nor_sigterm(tmp_path):
+    """stdout is a pipe nobody reads: JSON lines queue and then drop; socket clients still get every event."""
+    sock = tmp_path / "kw.sock"
+    read_fd, write_fd = os.pipe()  # never read, and full before kwspot starts: its first JSON line blocks
+    os.write(write_fd, b"x" * fcntl.fcntl(write_fd, 1032))  # F_GETPIPE_SZ: the pipe's capacity
+    daemon = subprocess.Popen(kwspot_cmd("listen", "--input", "-", "--rate", "8000", "--format", "jsonl",
+                                         "--socket", str(sock)),
+                              stdin=subprocess.PIPE, stdout=write_fd, stderr=subprocess.PIPE, text=False,
+                              env={**os.environ, "KWSPOT_CONFIG": ""})
+    os.close(write_fd)
+    try:
+        wait_for(sock.exists, 30, "the socket")
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(sock))
+        words = load_audio_pcm(espeak("yes. . . . stop. . . .", tmp_path / "w.wav"))
+        for _ in range(3):
+            daemon.stdin.write(words)
+        daemon.stdin.flush()
+        client.settimeout(30)
+        got = b""
+        while got.count(b"\n") < 6:
+            got += client.recv(65536)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=15) == 0
+    finally:
+        daemon.kill()
+        os.close(read_fd)
+    assert "Traceback" not in daemon.stderr.read().decode()

@@ -42,11 +42,11 @@ from wyoming.wake import Detect, Detection, NotDetected
 
 from kwspot import __version__, interrupt
 from kwspot.argtypes import Number
-from kwspot.checks import host_name_ok
+from kwspot.checks import host_name_ok, show
 from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.events import Event
-from kwspot.frontend import StreamResampler, decode_pcm
+from kwspot.frontend import SAMPLE_RATE, StreamResampler, decode_pcm
 from kwspot.logs import Tally
 from kwspot.model import Model
 from kwspot.notify import SystemdNotifier
@@ -63,7 +63,13 @@ PROGRAM = "kwspot"
 DATA_SET = Attribution(name="Speech Commands (Warden, 2018), CC BY 4.0", url="https://arxiv.org/abs/1804.03209")
 PROGRAM_ATTRIBUTION = Attribution(name="kwspot", url="https://pypi.org/project/kwspot/")
 MAX_CLIENTS = 64  # connections served at once (each may buffer an event of up to MAX_PAYLOAD_BYTES)
-REFUSED_LOG_S = 10.0  # at most one log line this often about refused connections
+REFUSED_LOG_S = 10.0  # at most one log line this often about refused connections, and about bad requests
+EVENT_TIMEOUT_S = 60.0  # a connection that sends no whole event for this long is closed (Home Assistant streams)
+WRITE_TIMEOUT_S = 10.0  # a client that does not read its answers for this long is closed
+EVICT_IDLE_S = 5.0  # when full, a connection idle this long makes room for a new one
+MAX_CHUNK_S = 10.0  # seconds of audio in one audio-chunk (Home Assistant sends 2 KiB: 64 ms)
+COMPLAINT_BURST = 20  # warnings about what clients sent, logged at once before the rate of one a second applies
+FEED_SLICE_S = 0.5  # audio fed to the model between turns of the event loop: no client holds the others up
 
 
 @dataclass
@@ -77,6 +83,35 @@ class WakeService:
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     connected: int = 0
     refused: Tally = field(default_factory=lambda: Tally(REFUSED_LOG_S))  # closed at once: MAX_CLIENTS connected
+    _tokens: float = COMPLAINT_BURST  # warnings about what clients sent that may be logged now
+    _refilled: float = field(default_factory=time.monotonic)
+    _held_back: int = 0
+    connections: set[WakeConnection] = field(default_factory=set)
+
+    def complain(self, message: str, *args: Any) -> None:
+        """A warning about what a client sent: up to COMPLAINT_BURST at once, then one a second at most (one
+        client must not flood the log); the ones held back are counted in the next line told."""
+        now = time.monotonic()
+        self._tokens = min(COMPLAINT_BURST, self._tokens + (now - self._refilled))
+        self._refilled = now
+        if self._tokens < 1:
+            self._held_back += 1
+            return
+        self._tokens -= 1
+        held, self._held_back = self._held_back, 0
+        log.warning(message + (f" ({held} more client warnings not logged)" if held else ""), *args)
+
+    def flush_complaints(self) -> None:
+        """Say how many client warnings were held back (at exit)."""
+        if self._held_back:
+            log.warning("%d more client warnings not logged", self._held_back)
+            self._held_back = 0
+
+    def idlest(self) -> WakeConnection | None:
+        """The connection that has sent nothing for longest, if that is over EVICT_IDLE_S."""
+        now = time.monotonic()
+        idle = [c for c in self.connections if now - c.last_event > EVICT_IDLE_S]
+        return min(idle, key=lambda c: c.last_event) if idle else None
 
     def __post_init__(self) -> None:
         if not self.keywords:
@@ -131,17 +166,25 @@ class WakeConnection(AsyncEventHandler):
         self.resampler: StreamResampler | None = None
         self.format: tuple[int, int, int] | None = None
         self.fired = False
+        self.last_event = time.monotonic()
+        self.warned_names = False
 
     async def run(self) -> None:
         """Serve until the client leaves; whatever goes wrong closes this connection only."""
         if self.service.connected >= MAX_CLIENTS:
-            await self._refuse()
-            return
+            idle = self.service.idlest()
+            if idle is None:
+                await self._refuse()
+                return
+            log.debug("client %d idle for %.0f s: closed to make room", idle.id, time.monotonic() - idle.last_event)
+            idle.writer.transport.abort()
         self.service.connected += 1
+        self.service.connections.add(self)
         try:
             await self._serve()
         finally:
             self.service.connected -= 1
+            self.service.connections.discard(self)
 
     async def _refuse(self) -> None:
         """Close at once: MAX_CLIENTS are connected (logged at most every REFUSED_LOG_S, with a count)."""
@@ -160,19 +203,26 @@ class WakeConnection(AsyncEventHandler):
         why = "disconnected"
         try:
             while True:
-                event = await read_event(self.reader)
+                event = await asyncio.wait_for(read_event(self.reader), EVENT_TIMEOUT_S)
+                self.last_event = time.monotonic()
                 if event is None or not await self.handle_event(event):
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             why = "vanished"
+        except TimeoutError:
+            why = f"closed: no whole event in {EVENT_TIMEOUT_S:g} s, or its answers not read in {WRITE_TIMEOUT_S:g} s"
         except Exception as exc:  # a malformed event, wrong field types: this client's problem alone
             why = f"closed: {type(exc).__name__}: {exc}"
-            log.warning("client %d: bad request, %s", self.id, why)
+            self.service.complain("client %d: bad request, %s", self.id, ascii(why)[1:-1][:200])
         finally:
             self.writer.close()
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
         log.debug("client %d %s", self.id, why)
+
+    async def write_event(self, event: WyomingEvent) -> None:
+        """Answer, but not wait for ever on a client that does not read (TimeoutError closes it)."""
+        await asyncio.wait_for(super().write_event(event), WRITE_TIMEOUT_S)
 
     async def handle_event(self, event: WyomingEvent) -> bool:
         if Describe.is_type(event.type):
@@ -196,9 +246,12 @@ class WakeConnection(AsyncEventHandler):
         else:
             known = [name for name in detect.names if name in self.service.keywords]
             unknown = [name for name in detect.names if name not in self.service.keywords]
-            if unknown:
-                log.warning("client %d asked for %s; this model knows %s",
-                            self.id, ", ".join(map(str, unknown)), ", ".join(self.service.keywords))
+            if unknown and not self.warned_names:  # once a connection; client text shown escaped and short
+                self.warned_names = True
+                self.service.complain("client %d asked for %s; this model knows %s", self.id,
+                                      ", ".join(show(name) for name in unknown[:5]) + (", ..." if len(unknown) > 5
+                                                                                      else ""),
+                                      ", ".join(self.service.keywords))
             self.names = known
         if self.pipeline is not None:  # mid-stream: new keywords from now on
             self.pipeline.detector = self.service.pipeline(self.names).detector
@@ -218,6 +271,9 @@ class WakeConnection(AsyncEventHandler):
             await self._feed(self.resampler.process(np.zeros(0, np.float32), last=True))
             self.resampler = StreamResampler(fmt[0])
         self.format = fmt
+        seconds = len(event.payload or b"") / (fmt[0] * fmt[1] * fmt[2])
+        if seconds > MAX_CHUNK_S:
+            raise ValueError(f"audio chunk of {seconds:.0f} s; at most {MAX_CHUNK_S:g} s a chunk")
         samples = decode_pcm(event.payload or b"", fmt[1], fmt[2])
         await self._feed(self.resampler.process(samples))
 
@@ -229,9 +285,14 @@ class WakeConnection(AsyncEventHandler):
         self.pipeline, self.resampler, self.fired = None, None, False
 
     async def _feed(self, samples: np.ndarray) -> None:
+        """Through the pipeline in slices, letting the other connections (and signals) have their turn between."""
         assert self.pipeline is not None
-        for event in self.pipeline.feed(samples):
-            await self._detected(event)
+        step = round(FEED_SLICE_S * SAMPLE_RATE)
+        for start in range(0, max(len(samples), 1), step):
+            if start:
+                await asyncio.sleep(0)
+            for event in self.pipeline.feed(samples[start : start + step]):
+                await self._detected(event)
 
     async def _detected(self, event: Event) -> None:
         self.fired = True
@@ -262,6 +323,8 @@ def check_uri(uri: str, zeroconf: str | None) -> None:
             raise KwspotError(f"--uri {uri[:80]}: {parsed.hostname[:40]!r} is not a host name or address")
     if parsed.scheme == "stdio" and (sys.stdin is None or sys.stdout is None):
         raise KwspotError(f"--uri {uri}: standard input or output is closed")
+    if parsed.scheme == "stdio" and any(stat.S_ISREG(os.fstat(fd).st_mode) for fd in (0, 1)):
+        raise KwspotError(f"--uri {uri}: standard input and output must be pipes, sockets or a terminal, not files")
     if parsed.scheme == "unix" and not parsed.path:
         raise KwspotError(f"--uri {uri}: give a socket path, e.g. unix:///run/kwspot/wyoming.sock")
     if parsed.scheme == "unix":
@@ -379,6 +442,7 @@ async def serve(service: WakeService, uri: str, zeroconf: str | None = None,
         notifier.stopping()
     finally:
         await server.stop()
+        service.flush_complaints()
 
 
 # ---- the command -----------------------------------------------------------------------------------------------

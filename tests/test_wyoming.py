@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -451,3 +453,95 @@ def test_sighup_rereads_the_detector_settings_for_new_streams(tmp_path, real_str
         assert detections(over_tcp(s.port, cut))  # still serving, with the settings it had
     finally:
         assert s.stop() == 0, s.log
+
+
+def test_idle_connections_make_room_for_a_client_that_talks(server):
+    """MAX_CLIENTS connections that send half an event and stop cannot lock Home Assistant out."""
+    from kwspot.wyoming_server import EVICT_IDLE_S, MAX_CLIENTS
+
+    async def crowd() -> bool:
+        held = []
+        for _ in range(MAX_CLIENTS):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b'{"type":"aud')  # half a header, then nothing
+            held.append(writer)
+        await asyncio.sleep(EVICT_IDLE_S + 1.0)
+        try:
+            async with AsyncTcpClient("127.0.0.1", server.port) as client:
+                await client.write_event(Describe().event())
+                answer = await asyncio.wait_for(client.read_event(), READ_S)
+        finally:
+            for w in held:
+                w.close()
+        return answer is not None and Info.is_type(answer.type)
+
+    assert asyncio.run(crowd())
+
+
+def test_names_a_client_sends_are_logged_once_escaped_and_short():
+    forged = "x\n19:40:00 INFO client 7: {\"keyword\":\"stop\"}\n\x1b]0;owned\x07" + "n" * 60000
+    server = Server()  # its own: the budget of log lines is the server's
+
+    async def pester() -> None:
+        async with AsyncTcpClient("127.0.0.1", server.port) as client:
+            for _ in range(500):
+                await client.write_event(Detect(names=[forged]).event())
+            await client.write_event(Describe().event())
+            await asyncio.wait_for(client.read_event(), READ_S)
+
+    try:
+        asyncio.run(pester())
+    finally:
+        assert server.stop() == 0
+    logged = server.log
+    assert logged.count("asked for") == 1, logged[:2000]
+    assert "\x1b" not in logged and "\n19:40:00 INFO client 7" not in logged and len(logged) < 2000, logged[:2000]
+
+
+def test_an_audio_chunk_of_minutes_is_refused_and_stalls_nobody(server):
+    """1 MiB of 1 kHz 8-bit audio is 17 minutes of model work: refused at once, the other clients served."""
+
+    async def hog_then_ask() -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        chunk = AudioChunk(rate=1000, width=1, channels=1, audio=bytes([128]) * (1 << 20)).event()
+        await async_write_event(chunk, writer)
+        closed = await asyncio.wait_for(reader.read(), READ_S)
+        writer.close()
+        started = asyncio.get_running_loop().time()
+        async with AsyncTcpClient("127.0.0.1", server.port) as client:
+            await client.write_event(Describe().event())
+            await asyncio.wait_for(client.read_event(), READ_S)
+        assert closed == b""
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(hog_then_ask()) < 1.0
+
+
+def test_a_flood_of_bad_requests_is_logged_at_a_bounded_rate():
+    from kwspot.wyoming_server import COMPLAINT_BURST
+
+    server = Server()  # its own: the budget of log lines is the server's
+    try:
+        started = time.monotonic()
+        for _ in range(3 * COMPLAINT_BURST):
+            assert asyncio.run(_garbage(server.port, GARBAGE[0])) == b""
+        took = time.monotonic() - started
+    finally:
+        assert server.stop() == 0
+    logged = [line for line in server.lines if "bad request" in line]
+    assert COMPLAINT_BURST <= len(logged) <= COMPLAINT_BURST + took + 1, (took, logged)
+    held = sum(int(n) for n in re.findall(r"(\d+) more client warnings not logged", server.log))
+    assert held == 3 * COMPLAINT_BURST - len(logged), server.log
+
+
+@pytest.mark.parametrize("end", ["stdin", "stdout"])
+def test_stdio_on_a_regular_file_is_one_line(tmp_path, end):
+    request = tmp_path / "describe.jsonl"
+    request.write_text('{"type": "describe"}\n')
+    out = tmp_path / "out.jsonl"
+    with open(request) as stdin, open(out, "w") as stdout:
+        result = subprocess.run(kwspot_cmd("wyoming", "--uri", "stdio://"), timeout=60, text=True,
+                                stdin=stdin if end == "stdin" else subprocess.PIPE,
+                                stdout=stdout if end == "stdout" else subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "KWSPOT_CONFIG": ""})
+    assert_one_line_error(result, "stdio://", "not files")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from conftest import assert_one_line_error, run_kwspot, wait_for
 from kwspot.errors import KwspotError
 from kwspot.events import Event
 from kwspot.frontend import SAMPLE_RATE
-from kwspot.sinks.actions import Action, ActionsSink, parse_actions
+from kwspot.sinks.actions import MAX_LINE_CHARS, MAX_LOGGED_LINES, Action, ActionsSink, parse_actions
 
 PY = sys.executable
 
@@ -79,6 +82,81 @@ def test_output_and_failure_go_to_the_log(logs):
     sink.emit(Event("up", 0.9, 1.0))
     sink.close()
     assert "hello" in logs.text and "oops" in logs.text and "exited with status 3" in logs.text
+
+
+def action_lines(logs) -> list[str]:
+    """What the actions printed, as logged (their labels cut off)."""
+    return [r.args[1] for r in logs.records if r.msg == "action %s: %s"]
+
+
+def test_output_without_newlines_is_read_in_bounded_blocks(logs):
+    """40 MB in one line: the first MAX_LINE_CHARS characters are logged, the rest never held in memory."""
+    code = "import sys\nfor _ in range(640): sys.stdout.buffer.write(b'a' * 65536)\nprint('\\rnext\\r\\nlast')"
+    sink = ActionsSink([Action("*", py(code))])
+    tracemalloc.start()
+    try:
+        sink.emit(Event("up", 0.9, 1.0))
+        sink.close(wait_s=60)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000, peak
+    assert action_lines(logs)[:3] == ["a" * MAX_LINE_CHARS, "next", "last"]
+
+
+def test_at_most_so_many_lines_are_logged(logs):
+    sink = ActionsSink([Action("*", py(f"for i in range({MAX_LOGGED_LINES + 20}): print(i)"))])
+    sink.emit(Event("up", 0.9, 1.0))
+    sink.close()
+    assert action_lines(logs) == [str(i) for i in range(MAX_LOGGED_LINES)]
+    assert logs.text.count("(more output not logged)") == 1
+
+
+def test_output_is_logged_without_terminal_escapes(logs):
+    sink = ActionsSink([Action("*", py("print('\\x1b]0;owned\\x07 done')"))])
+    sink.emit(Event("up", 0.9, 1.0))
+    sink.close()
+    assert action_lines(logs) == ["\\x1b]0;owned\\x07 done"]
+
+
+def setsid_child(pid_file: Path) -> tuple[str, ...]:
+    """A command whose child leaves the process group, keeps stdout open and sleeps 30 s; so does the command."""
+    code = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+            f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(30)\n")
+    return py(code)
+
+
+@pytest.mark.parametrize("timeout_s, wait_s", [(0.5, 5.0), (30.0, 0.1)])
+def test_a_child_that_left_the_process_group_holds_neither_the_worker_nor_close(tmp_path, logs, timeout_s, wait_s):
+    """The timeout (or close) ends the action at once, though its setsid child still holds stdout."""
+    pid_file = tmp_path / "pid"
+    sink = ActionsSink([Action("*", setsid_child(pid_file))], timeout_s=timeout_s)
+    sink.emit(Event("up", 0.9, 1.0))
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30, "the child to leave the group")
+        if timeout_s < 1:
+            wait_for(lambda: sink.running() == 0, 10, "the worker to finish at the timeout")
+            assert "killed after 0.5 s (timeout_s)" in logs.text
+        start = time.monotonic()
+        sink.close(wait_s=wait_s)
+        assert time.monotonic() - start < 3
+        assert sink.running() == 0
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_command_that_cannot_start_does_not_hold_close(tmp_path, logs):
+    """close() is told at once when a command fails to start, not after its wait_s."""
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    sink = ActionsSink([Action("*", (str(tool),))], max_running=1, queue=100)
+    tool.unlink()
+    for i in range(50):  # close() comes while they still wait: the last failure must wake it
+        sink.emit(Event("go", 0.9, float(i)))
+    start = time.monotonic()
+    sink.close(wait_s=10)
+    assert time.monotonic() - start < 5 and logs.text.count("cannot run it") == 50
 
 
 def gate(tmp_path: Path) -> tuple[str, ...]:
@@ -164,6 +242,11 @@ def test_a_command_that_vanished_is_logged_and_the_next_still_runs(tmp_path, log
         ({"stop": {"command": ["echo"], "shell": "yes"}}, "actions.stop.shell"),
         ({"stop": {"command": ["echo", "a"], "shell": True}}, "one string"),
         ({"stop": {"cmd": ["echo"]}}, "'cmd'"),
+        ({"stop": ["echo", "x" * 200_000]}, "longer than 131071 bytes"),
+        ({"stop": {"command": "echo " + "x" * 200_000, "shell": True}}, "longer than 131071 bytes"),
+        ({"stop": ["echo", *["x" * 100_000] * 40]}, "bytes execve takes"),
+        ({"stop": ["echo", "\ud800"]}, "cannot be passed"),
+        ({"stop": {"command": "echo \ud800", "shell": True}}, "cannot be passed"),
     ],
 )
 def test_bad_actions_name_the_key(raw, culprit):
@@ -223,6 +306,10 @@ def test_an_action_for_a_word_the_model_lacks_gives_one_line(tmp_path):
     config = write_config(tmp_path / "config.yaml", actions={"stop": ["no-such-program-kwspot"]})
     result = run_kwspot("listen", "--config", str(config), "--input", "-", input="", timeout=60)
     assert_one_line_error(result, "sinks.actions.stop", "no-such-program-kwspot")
+    config = write_config(tmp_path / "config.yaml", actions={"stop": {"command": "echo " + "x" * 200_000,
+                                                                      "shell": True}})
+    result = run_kwspot("listen", "--config", str(config), "--input", "-", input="", timeout=60)
+    assert_one_line_error(result, "sinks.actions.stop", "longer than 131071 bytes")
 
 
 def test_a_reload_swaps_the_actions_without_waiting_for_running_ones(tmp_path):

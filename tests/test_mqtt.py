@@ -7,6 +7,7 @@ import logging
 import shutil
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from conftest import assert_one_line_error, run_kwspot, wait_for
 from kwspot.errors import KwspotError
 from kwspot.events import Event
 from kwspot.frontend import SAMPLE_RATE
-from kwspot.sinks.mqtt import MqttSink
+from kwspot.sinks import mqtt as mqtt_module
+from kwspot.sinks.mqtt import MqttSink, check_mqtt
 
 WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 
@@ -124,7 +126,7 @@ def test_a_broker_that_never_answers_never_stalls_the_caller(logs):
             sink.emit(e)
         assert sink.dropped == 950 and sink.published == 0
         sink.close(linger_s=0.5)
-    assert "1000 in all" in logs.text  # the 950, and the 50 still queued at close
+    assert "50 queued events not sent at exit" in logs.text and "1000 in all" in logs.text  # and the 950
 
 
 def test_nothing_listening_is_logged_and_retried(logs):
@@ -133,9 +135,79 @@ def test_nothing_listening_is_logged_and_retried(logs):
         port = s.getsockname()[1]
     sink = MqttSink("127.0.0.1", port)
     sink.emit(events(1)[0])
-    wait_for(lambda: "unreachable" in logs.text, 15, "a log line")
+    wait_for(lambda: "unreachable (Connection refused)" in logs.text, 15, "a log line")
     sink.close(linger_s=0.1)
-    assert sink.dropped == 1 and "1 event dropped" in logs.text
+    assert sink.dropped == 1
+    assert f"1 queued event not sent at exit (broker at 127.0.0.1:{port} away); 1 in all" in logs.text
+    assert "queue of" not in logs.text  # the queue was never full
+
+
+def test_paho_s_own_messages_stay_out_of_the_log(logs):
+    """paho's "Client is not connected" while the broker is away: debug only, not an ERROR every few seconds."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = MqttSink("127.0.0.1", port)
+    wait_for(lambda: "Client is not connected" in logs.text, 15, "paho's complaint")
+    sink.close(linger_s=0.1)
+    paho = [r for r in logs.records if "Client is not connected" in r.getMessage()]
+    assert {(r.name, r.levelno) for r in paho} == {("kwspot", logging.DEBUG)}
+
+
+def test_a_peer_that_is_no_mqtt_broker_is_logged_with_the_reason(logs, monkeypatch):
+    """One that answers HTTP and hangs up; one that never answers (CONNACK_TIMEOUT_S cut to 1 s)."""
+    monkeypatch.setattr(mqtt_module, "CONNACK_TIMEOUT_S", 1)
+    with socket.socket() as http, socket.socket() as silent:
+        for s in (http, silent):
+            s.bind(("127.0.0.1", 0))
+            s.listen(8)
+
+        def answer() -> None:
+            with http.accept()[0] as c:
+                c.recv(100)
+                c.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        sinks = [MqttSink("127.0.0.1", s.getsockname()[1]) for s in (http, silent)]
+        wait_for(lambda: "closed the connection before CONNACK" in logs.text, 15, "the HTTP server's hang-up")
+        wait_for(lambda: "sent no CONNACK within 1 s" in logs.text, 15, "the silent server's silence")
+        for sink in sinks:
+            sink.close(linger_s=0.1)
+    assert "unreachable" not in logs.text
+
+
+def test_a_certificate_that_does_not_verify_is_logged_with_the_reason(tmp_path, logs):
+    need_mosquitto()
+    ca, cert, key = make_certificates(tmp_path)
+    tls = Broker(tmp_path / "broker", extra=f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
+    try:
+        sink = MqttSink("127.0.0.1", tls.port, tls=True)  # the system's CAs: they never signed this one
+        wait_for(lambda: "failed TLS verification (" in logs.text, 15, "the verification error")
+        sink.close(linger_s=0.1)
+        assert "unreachable" not in logs.text
+    finally:
+        tls.stop()
+
+
+def test_a_publish_that_raises_loses_that_event_only(broker, logs):
+    """paho refuses a topic (a keyword that is no UTF-8): counted, logged once, and the next events still go out."""
+    sub = Subscriber(broker, "hermes/hotword/+/detected")
+    sink = MqttSink("127.0.0.1", broker.port, hermes=True)
+    for keyword in ("\ud800", "\udc80", "\ud800", "go"):
+        sink.emit(Event(keyword, 0.9, 1.0))
+    wait_for(lambda: sub.messages, 15, "the good event")
+    sink.close()
+    assert [t for t, _ in sub.messages] == ["hermes/hotword/go/detected"]
+    assert sink.dropped == 3 and sink.published == 1 and sink._thread.is_alive() is False
+    drops = [r.getMessage() for r in logs.records if "failed: UnicodeEncodeError" in r.getMessage()]
+    assert len(drops) == 2 and "1 event dropped" in drops[0] and "2 events dropped" in drops[1]  # once, then at most
+    assert "3 in all" in drops[1] and "Traceback" not in logs.text  # every few seconds (here: at close)
+
+
+@pytest.mark.parametrize("name", ["site", "topic", "client_id"])
+def test_text_mqtt_cannot_carry_is_refused(name):
+    with pytest.raises(KwspotError, match=f"sinks.mqtt.{name} must be UTF-8 text"):
+        check_mqtt("sinks.mqtt", {name: "kw\ud800"})
 
 
 def test_username_and_password_file(tmp_path, logs):
@@ -275,6 +347,7 @@ def test_a_broker_restart_under_the_running_daemon(tmp_path, speech_commands, br
         ({"qos": 3}, "sinks.mqtt.qos"),
         ({"site": "a/b"}, "sinks.mqtt.site"),
         ({"topic": "kwspot/#"}, "sinks.mqtt.topic"),
+        ({"topic": "kw/\ud800"}, "sinks.mqtt.topic"),
         ({"port": "1883"}, "sinks.mqtt.port"),
         ("localhost", "sinks.mqtt"),
         ({"username": "kw", "password_file": "/nonexistent/pw"}, "/nonexistent/pw"),

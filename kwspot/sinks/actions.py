@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shlex
 import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from kwspot.argtypes import MAX_ARG_BYTES
 from kwspot.checks import number, show
 from kwspot.errors import KwspotError
 from kwspot.events import Event
@@ -32,6 +35,10 @@ from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 ANY = "*"
 MAX_LOGGED_LINES = 50  # per run; the rest is read and discarded
 MAX_LINE_CHARS = 500
+MAX_LINE_BYTES = 4 * MAX_LINE_CHARS  # UTF-8: enough bytes for MAX_LINE_CHARS characters; the rest is discarded
+READ_BYTES = 65536  # output is read in blocks of at most this, never whole
+POLL_S = 0.1  # how often a reading worker looks for close()
+ENV_ROOM = 4096  # bytes of execve's ARG_MAX kept for the KWSPOT_* variables and the like
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class Action:
             raise KwspotError(f"action for {self.keyword!r}: the command contains a NUL byte")
         if self.shell and len(self.command) != 1:
             raise KwspotError(f"action for {self.keyword!r}: with shell, give the command as one string")
+        _check_executable(self.keyword, self.argv)
         if not self.shell and shutil.which(self.command[0]) is None:
             raise KwspotError(f"action for {self.keyword!r}: no such program {self.command[0]!r}")
 
@@ -83,6 +91,7 @@ class ActionsSink:
         self.started = 0
         self.dropped = 0
         self._waiting = 0
+        self._starting = 0  # between waiting and running: close() must not miss these
         self._running: set[subprocess.Popen] = set()
         self._cond = threading.Condition()
         self._closing = False
@@ -112,6 +121,7 @@ class ActionsSink:
                 self.dropped += 1
                 self._cond.notify_all()
                 return
+            self._starting += 1
         ours = {"KWSPOT_KEYWORD": event.keyword, "KWSPOT_SCORE": f"{event.score:.4f}", "KWSPOT_T": f"{event.t:.3f}",
                 "KWSPOT_TIME": event.time, "KWSPOT_MODEL": event.model}
         # bytes: a keyword the locale cannot encode still reaches the action, as UTF-8
@@ -119,44 +129,62 @@ class ActionsSink:
         try:
             proc = subprocess.Popen(
                 action.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, text=True, encoding="utf-8", errors="replace",
+                start_new_session=True,
             )
         except (OSError, ValueError) as exc:  # ValueError: an argument the locale cannot encode, or a NUL
             self.log.error("action %s: cannot run it (%s)", action.label, getattr(exc, "strerror", None) or exc)
+            with self._cond:
+                self._starting -= 1
+                self._cond.notify_all()  # close() may be waiting for this one
             return
         with self._cond:
+            self._starting -= 1
             self._running.add(proc)
             self.started += 1
-        timed_out = threading.Event()
-        timer = threading.Timer(self.timeout_s, lambda: (timed_out.set(), _kill_group(proc)))
-        timer.daemon = True
-        timer.start()
         try:
-            self._talk(action, event, proc)
+            timed_out = self._talk(action, event, proc)
         finally:
-            timer.cancel()
             with self._cond:
                 self._running.discard(proc)
                 self._cond.notify_all()
-        if timed_out.is_set():
+        if timed_out:
             self.log.warning("action %s: killed after %g s (timeout_s)", action.label, self.timeout_s)
         elif proc.returncode:
             self.log.warning("action %s: exited with status %d", action.label, proc.returncode)
 
-    def _talk(self, action: Action, event: Event, proc: subprocess.Popen) -> None:
-        """Event JSON in; output, line by line, to the log; then wait for the end."""
+    def _talk(self, action: Action, event: Event, proc: subprocess.Popen) -> bool:
+        """Event JSON in; output to the log until EOF, the timeout or close; then the end. True: killed for time."""
+        deadline = time.monotonic() + self.timeout_s
         try:
-            proc.stdin.write(event.to_json() + "\n")
+            proc.stdin.write((event.to_json() + "\n").encode())  # JSON: ASCII
             proc.stdin.close()
         except OSError:  # it did not read its stdin: fine
             pass
-        for n, line in enumerate(proc.stdout):
-            if n < MAX_LOGGED_LINES:
-                self.log.info("action %s: %s", action.label, line.rstrip("\n")[:MAX_LINE_CHARS])
-            elif n == MAX_LOGGED_LINES:
-                self.log.info("action %s: (more output not logged)", action.label)
-        proc.stdout.close()
-        proc.wait()
+        self._read(action, proc, deadline)
+        proc.stdout.close()  # a child that left the process group may still hold it open: not our business
+        if self._closing:
+            _kill_group(proc)
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+            return False
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.wait()
+            return True
+
+    def _read(self, action: Action, proc: subprocess.Popen, deadline: float) -> None:
+        """The output in blocks, logged line by line, until EOF, ``deadline`` or close(): memory stays bounded."""
+        out = _Output(self.log, action.label)
+        fd = proc.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLIN)
+        while not self._closing and (left := deadline - time.monotonic()) > 0:
+            if poll.poll(min(left, POLL_S) * 1000):
+                block = os.read(fd, READ_BYTES)
+                if not block:
+                    break
+                out.feed(block)
+        out.finish()
 
     def running(self) -> int:
         with self._cond:
@@ -165,7 +193,7 @@ class ActionsSink:
     def close(self, wait_s: float = 5.0) -> None:
         """Let queued and running commands finish for up to ``wait_s``, then kill what is left."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._running and not self._waiting, timeout=wait_s)
+            self._cond.wait_for(lambda: not (self._running or self._waiting or self._starting), timeout=wait_s)
             self._closing = True
             left = list(self._running)
         for proc in left:
@@ -177,6 +205,61 @@ class ActionsSink:
         skipped = self.dropped - before
         if skipped:
             self.log.warning("%d waiting action%s not run", skipped, "" if skipped == 1 else "s")
+
+
+class _Output:
+    """An action's output, cut into lines as it comes: the first ``MAX_LOGGED_LINES`` logged, each shortened."""
+
+    def __init__(self, log: logging.Logger, label: str) -> None:
+        self.log, self.label = log, label
+        self.lines = 0
+        self.line = bytearray()  # the line so far, at most MAX_LINE_BYTES of it
+        self.cr = False  # the last block ended in CR: an LF first in the next one ends no line
+
+    def feed(self, block: bytes) -> None:
+        if self.lines > MAX_LOGGED_LINES:
+            return  # read and discarded
+        if self.cr and block.startswith(b"\n"):
+            block = block[1:]
+        self.cr = block.endswith(b"\r")
+        *ended, rest = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        for part in ended:
+            self._add(part)
+            self._end()
+        self._add(rest)
+
+    def finish(self) -> None:
+        if self.line:
+            self._end()
+
+    def _add(self, part: bytes) -> None:
+        room = MAX_LINE_BYTES - len(self.line)
+        if room > 0:
+            self.line += part[:room]
+
+    def _end(self) -> None:
+        if self.lines < MAX_LOGGED_LINES:
+            text = self.line.decode("utf-8", "replace")[:MAX_LINE_CHARS]
+            shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)  # no terminal escapes in logs
+            self.log.info("action %s: %s", self.label, shown)
+        elif self.lines == MAX_LOGGED_LINES:
+            self.log.info("action %s: (more output not logged)", self.label)
+        self.lines += 1
+        self.line.clear()
+
+
+def _check_executable(keyword: str, argv: list[str]) -> None:
+    """Refuse what execve can never take: an argument it cannot encode, or one (or all) too long."""
+    try:
+        sizes = [len(os.fsencode(a)) for a in argv]
+    except UnicodeEncodeError as exc:
+        raise KwspotError(f"action for {keyword!r}: the command has a character that cannot be passed to a "
+                          f"program ({exc.object[exc.start:exc.end]!r})") from None
+    if max(sizes) > MAX_ARG_BYTES:
+        raise KwspotError(f"action for {keyword!r}: an argument is longer than {MAX_ARG_BYTES} bytes")
+    room = os.sysconf("SC_ARG_MAX") - sum(len(k) + len(v) + 2 for k, v in os.environb.items()) - ENV_ROOM
+    if sum(sizes) + len(sizes) > room:
+        raise KwspotError(f"action for {keyword!r}: the command is longer than the {room} bytes execve takes here")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

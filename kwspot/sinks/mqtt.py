@@ -19,6 +19,7 @@ import json
 import logging
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 DROP_LOG_INTERVAL_S = 5.0
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 10
+CONNACK_TIMEOUT_S = 10  # a connection the broker has not answered by then is reported (paho gives up later)
 
 
 def default_site() -> str:
@@ -114,8 +116,8 @@ class MqttSink:
         self.thresholds = dict(thresholds or {})
         self.where = f"{host}:{port}"
         self.published = 0  # handed to paho while connected
-        self.dropped = 0  # lost to a full queue, a full paho queue, or a close while the broker was away
-        self._unreported = 0
+        self.dropped = 0  # lost to a full queue, a full paho queue, a failed publish, or a close
+        self._unreported: dict[str, tuple[int, str]] = {}  # kind -> (events dropped since the last log, why)
         self._last_drop_log = float("-inf")
         self._pending: deque[Event] = deque()
         self._queue_size = max(1, int(queue))
@@ -123,12 +125,13 @@ class MqttSink:
         self._connected = False
         self._was_connected = False
         self._failures = 0
+        self._opened: float | None = None  # when the socket opened, until CONNACK (or its absence is reported)
         self._closing = False
 
         import paho.mqtt.client as paho  # here, not at the top: the config imports this module, listen need not
 
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id or "", clean_session=True)
-        self.client.enable_logger(logging.getLogger("kwspot.mqtt"))  # paho's own chatter, silent by default
+        self.client.on_log = self._on_log  # paho's own chatter: debug only, never in the log at INFO and above
         if username:
             self.client.username_pw_set(username, read_password(password_file) if password_file else None)
         elif password_file:
@@ -145,6 +148,7 @@ class MqttSink:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_socket_open = self._on_socket_open
         self.client.connect_async(host, self.port, keepalive=keepalive_s)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._run, name="kwspot-mqtt", daemon=True)
@@ -169,10 +173,9 @@ class MqttSink:
             self._cond.notify_all()
             while self._pending and self._connected and time.monotonic() < deadline:
                 self._cond.wait(0.05)
-            left = len(self._pending)
+            left, connected = len(self._pending), self._connected
             self._pending.clear()
-            if left:
-                self._count_drop_locked(left)
+            self.dropped += left
             self._cond.notify_all()
         self._thread.join(timeout=max(0.1, deadline - time.monotonic()))
         if self.qos:  # give the acknowledgements of what was just sent a moment
@@ -181,6 +184,10 @@ class MqttSink:
         self.client.disconnect()
         self.client.loop_stop()
         self._report_drops(force=True)
+        if left:
+            why = f"{linger_s:g} s were not enough" if connected else f"broker at {self.where} away"
+            self.log.warning("mqtt: %d queued event%s not sent at exit (%s); %d in all", left,
+                             "" if left == 1 else "s", why, self.dropped)
 
     # ---- our thread: queue -> paho ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -189,6 +196,7 @@ class MqttSink:
                 while not self._closing and not (self._pending and self._connected):
                     self._cond.wait(1.0)
                     self._report_drops_locked()
+                    self._check_connack_locked()
                 if not (self._pending and self._connected):
                     return  # closing, with nothing we can still send
                 event = self._pending.popleft()
@@ -197,19 +205,27 @@ class MqttSink:
                     self._pending.appendleft(event)  # the connection just went: send it after the reconnect
                     self._cond.wait(0.1)  # on_disconnect is on its way
 
-    def _publish(self, event: Event) -> bool:
-        """Hand one event to paho; False if the connection was lost meanwhile."""
+    def _message(self, event: Event) -> tuple[str, str]:
+        """The topic and payload of one event."""
         if self.hermes:
-            topic = f"hermes/hotword/{event.keyword}/detected"
             sensitivity = 1.0 - self.thresholds.get(event.keyword, 0.0)
             model = event.model or self.model_id
             payload = json.dumps(hermes_payload(self.site, model, self.model_version, sensitivity))
-        else:
-            topic, payload = self.topic, event.to_json()
+            return f"hermes/hotword/{event.keyword}/detected", payload
+        return self.topic, event.to_json()
+
+    def _publish(self, event: Event) -> bool:
+        """Hand one event to paho; False if the connection was lost meanwhile. Never raises: this thread must live."""
         import paho.mqtt.client as paho
         from paho.mqtt.enums import MQTTErrorCode
 
-        info = self.client.publish(topic, payload, qos=self.qos, retain=self.retain)
+        try:
+            info = self.client.publish(*self._message(event), qos=self.qos, retain=self.retain)
+        except Exception as exc:  # noqa: BLE001 - a topic paho refuses, or anything: this event is lost
+            with self._cond:
+                why = f"publishing to {self.where} failed: {type(exc).__name__}: {exc}"[:300]
+                self._count_drop_locked(1, why, kind=type(exc).__name__)
+            return True
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and self.qos == 0:
             return False  # (with QoS 1 and 2, paho keeps the message and sends it once reconnected)
         with self._cond:
@@ -218,13 +234,18 @@ class MqttSink:
             elif info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 self.published += 1
             else:
-                self._count_drop_locked(1)
-                self.log.warning("mqtt: publishing to %s failed: %s", self.where, paho.error_string(info.rc))
+                self._count_drop_locked(1, f"publishing to {self.where} failed: {paho.error_string(info.rc)}")
             self._cond.notify_all()
         return True
 
     # ---- paho's thread: connection state ------------------------------------------------------------------
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        with self._cond:
+            self._opened = time.monotonic()
+
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        with self._cond:
+            self._opened = None  # CONNACK came
         if reason.is_failure:
             self._failure(f"refused: {reason}")
             return
@@ -237,32 +258,48 @@ class MqttSink:
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         with self._cond:
             was, self._connected = self._connected, False
-            closing = self._closing
+            closing, early, self._opened = self._closing, self._opened is not None, None
         if was and not closing:
             self.log.warning("mqtt: lost the broker at %s (%s); reconnecting", self.where, reason)
+        elif early and not closing:
+            self._failure(f"closed the connection before CONNACK ({reason})")
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self._failure("unreachable")
+        self._failure(_why_not_connected(sys.exc_info()[1]))  # paho calls this while it handles the error
+
+    def _on_log(self, client: Any, userdata: Any, level: int, text: str) -> None:
+        self.log.debug("mqtt: paho: %s", text)
+
+    def _check_connack_locked(self) -> None:
+        if self._opened is not None and time.monotonic() - self._opened > CONNACK_TIMEOUT_S:
+            self._opened = None  # once per connection
+            self._failure(f"sent no CONNACK within {CONNACK_TIMEOUT_S} s: not an MQTT broker, or a stalled one")
 
     def _failure(self, why: str) -> None:
-        self._failures += 1
-        log: Callable[..., None] = self.log.warning if self._failures == 1 else self.log.debug
+        """The first failure in a row is a warning with its reason; the next ones are debug."""
+        with self._cond:
+            self._failures += 1
+            first = self._failures == 1
+        log: Callable[..., None] = self.log.warning if first else self.log.debug
         log("mqtt: broker at %s %s; retrying every %d to %d s", self.where, why, RECONNECT_MIN_S, RECONNECT_MAX_S)
 
     # ---- drops ---------------------------------------------------------------------------------------------
-    def _count_drop_locked(self, n: int) -> None:
+    def _count_drop_locked(self, n: int, why: str | None = None, kind: str | None = None) -> None:
+        """Count ``n`` lost events (by default to a full queue) and log them per kind, at most every few seconds."""
+        why = why or f"broker at {self.where} away, queue of {self._queue_size} full"
+        kind = kind or why
+        count, first = self._unreported.get(kind, (0, why))
         self.dropped += n
-        self._unreported += n
+        self._unreported[kind] = (count + n, first)
         self._report_drops_locked()
 
     def _report_drops_locked(self, force: bool = False) -> None:
         now = time.monotonic()
         if self._unreported and (force or now - self._last_drop_log >= DROP_LOG_INTERVAL_S):
-            self.log.warning(
-                "mqtt: %d event%s dropped (broker at %s away, queue of %d full); %d in all",
-                self._unreported, "" if self._unreported == 1 else "s", self.where, self._queue_size, self.dropped,
-            )
-            self._unreported, self._last_drop_log = 0, now
+            for n, why in self._unreported.values():
+                self.log.warning("mqtt: %d event%s dropped (%s); %d in all", n, "" if n == 1 else "s", why,
+                                 self.dropped)
+            self._unreported, self._last_drop_log = {}, now
 
     def _report_drops(self, force: bool = False) -> None:
         with self._cond:
@@ -278,10 +315,25 @@ MAX_MQTT_STRING = 65535  # bytes of UTF-8 in an MQTT string (topic, client id): 
 def _mqtt_string(key: str, value: Any) -> str:
     """A non-empty string that MQTT can carry: at most 65535 bytes of UTF-8 (less room for what is added), no NUL."""
     string(key, value)
-    if "\0" in value or len(value.encode("utf-8", "surrogatepass")) > MAX_MQTT_STRING - 1024:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise KwspotError(f"config: {key} must be UTF-8 text, not {show(value)}") from None
+    if "\0" in value or size > MAX_MQTT_STRING - 1024:
         raise KwspotError(f"config: {key} must be at most {MAX_MQTT_STRING - 1024} bytes without NUL, "
                           f"not {show(value)}")
     return value
+
+
+def _why_not_connected(exc: BaseException | None) -> str:
+    """What paho's failed connect attempt says, in a few words."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"failed TLS verification ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"failed the TLS handshake ({exc.reason or exc})"
+    if isinstance(exc, OSError):
+        return f"unreachable ({exc.strerror or exc or type(exc).__name__})"
+    return "unreachable"
 
 
 def _host(key: str, value: Any) -> str:

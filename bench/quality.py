@@ -17,6 +17,8 @@ keywords are the model's, from its sidecar):
   the same file-name hash as training); the testing speakers of
   ``librispeech_negatives``; espeak-ng sentences without any command;
 - recall on espeak-ng voices (not the voices used in training) saying the commands;
+- commands over other talk: every testing-list command once over a bed of the testing speakers of
+  ``librispeech_negatives`` at 10 dB SNR (a room with a conversation or a TV on);
 - LiteRT time per window (median, 1 thread) and multiply-accumulates (from the sidecar).
 
 A model whose sidecar names a verifier (second stage) is measured with it, as the daemon runs it
@@ -169,6 +171,7 @@ class Material:
     speech: Stream | None
     tts_sentences: Stream | None
     tts_commands: Stream | None
+    talk: Stream | None = None  # the commands over other talk (10 dB SNR)
 
 
 def material(data: Dataset, speech_dir: Path | None, phrases_dir: Path | None, seed: int,
@@ -197,10 +200,16 @@ def material(data: Dataset, speech_dir: Path | None, phrases_dir: Path | None, s
         rng = np.random.default_rng(seed + 20)
         order = rng.permutation(len(spoken))
         tts_commands = build_stream([(to_float(spoken[i]), labels[i]) for i in order], noise, rng, None)
-    return Material(commands, other_words, phrases, speech, tts_sentences, tts_commands)
+    talk = None
+    if speech_dir:
+        rng = np.random.default_rng(seed + 30)
+        items = [(to_float(windows[i]), clips[i].label) for i in rng.permutation(kw)]
+        talk = build_stream(items, load_long(speech_files(speech_dir, split)), rng, (TALK_SNR_DB,))
+    return Material(commands, other_words, phrases, speech, tts_sentences, tts_commands, talk)
 
 
-STREAMS = ("other_words", "phrases", "speech", "tts_sentences", "tts_commands")
+TALK_SNR_DB = 10.0
+STREAMS = ("other_words", "phrases", "speech", "tts_sentences", "tts_commands", "talk")
 
 
 def model_outputs(model: Model, mat: Material) -> dict[str, tuple[Stream, np.ndarray, np.ndarray, np.ndarray]]:
@@ -295,6 +304,9 @@ def rows(r: dict[str, Any]) -> list[Row]:
             out.append(fa_row(name, r[key]))
     if "tts_commands" in r:
         out.append(recall_row("espeak-ng voices saying the commands: recall / FA/h", r["tts_commands"]))
+    if "talk" in r:
+        out.append(recall_row(f"commands over other talk ({split} speakers, {TALK_SNR_DB:g} dB SNR): recall / FA/h",
+                              r["talk"]))
     out.append(Row("LiteRT time per window (1 thread, median)", f"{r['ms_per_window']:.3f} ms", "300 windows"))
     if r.get("verifier"):
         cmd = list(r["streams"].values())

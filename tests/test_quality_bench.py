@@ -56,6 +56,17 @@ def test_clip_rows_count_per_class(quality):
     assert rows["recall _unknown_"].counts == "2/2"
 
 
+def test_commands_over_other_talk_are_a_row_of_their_own(quality):
+    y = np.array([LABELS.index("yes")])
+    probs = np.zeros((1, len(LABELS)), np.float32)
+    probs[0, LABELS.index("yes")] = 1.0
+    result = {"clips": metrics(probs, y, LABELS), "streams": {}, "ms_per_window": 0.1, "macs": None, "bytes": 1024,
+              "talk": score(WORDS, EVENTS, seconds=1800.0, keywords=KEYWORDS)}
+    rows = {row.name.strip(): row for row in quality.rows(result)}
+    talk = rows["commands over other talk (testing speakers, 10 dB SNR): recall / FA/h"]
+    assert (talk.value, talk.counts) == ("50.0% / 6.0 FA/h", "1/2 hit, 3 FA in 0.50 h")
+
+
 def test_concatenate_puts_a_gap_before_and_after_each_part(quality):
     audio = quality.concatenate([np.ones(100, np.float32), np.ones(50, np.float32)], gap_s=0.01)
     gap = SAMPLE_RATE // 100

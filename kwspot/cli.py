@@ -91,8 +91,9 @@ def run_listen(args: argparse.Namespace) -> int:
 def run_devices(args: argparse.Namespace) -> int:
     from kwspot.devices import describe_devices
     from kwspot.pulse_source import choose_backend
+    from kwspot.sources import guarded
 
-    lines = describe_devices()
+    lines = guarded(describe_devices, "listing the audio devices", 10.0)
     print("\n".join(lines) if lines else "no input devices found")
     if choose_backend("auto", None) == "pulse":
         print("(a PulseAudio/PipeWire server runs: `kwspot listen` without --device captures its default source "
@@ -166,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     sources = sys.modules.get("kwspot.sources")
-    if sources is not None and sources.LiveSource.hung:
-        # The sound system is stuck in a call that never returns; its exit hooks would hang too.
+    if sources is not None and (sources.LiveSource.hung or any(t.is_alive() for t in sources.LiveSource.stuck)):
+        # The sound system is stuck in a call that never returns (or a capture thread in a read): its exit
+        # hooks would hang too, and the objects that thread holds would be reported as leaked.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -288,12 +288,14 @@ class Listener:
             )
 
     def _feed_watchdog(self) -> None:
-        """Ping systemd only while audio really flows, so a hung capture gets restarted."""
+        """Ping systemd while audio really flows, or while a lost input is being reopened with backoff (the loop
+        turns: kwspot recovers by itself, which a restart every few seconds would not improve); a hung capture
+        or loop stops the pings and gets restarted."""
         interval = self.notifier.watchdog_interval()
         now = time.monotonic()
         if interval is None or now - self._last_ping < interval / 3:
             return
-        if now - self._last_audio < interval / 2:
+        if now - self._last_audio < interval / 2 or getattr(self.source, "reconnecting", False):
             self._last_ping = now
             self.notifier.watchdog()
 

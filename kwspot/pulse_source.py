@@ -100,6 +100,11 @@ class PulseSource(LiveSource):
         except pa.PaSimpleError as exc:
             where = f"source {self._device!r}" if self._device else "the default source"
             raise KwspotError(f"cannot capture {where} from PulseAudio/PipeWire ({_error_text(exc)})") from None
+        if any(t.is_alive() for t in LiveSource.stuck):
+            # The last reader is still blocked in a read (a suspended source) and holds its connection: one more
+            # would pile up with it, up to the server's client limit. The server answered, so it is not frozen.
+            connection.close()
+            raise KwspotError("the last connection is still waiting for audio (source suspended?)")
         self.description = f"{self._device or 'default source'} (PulseAudio/PipeWire device, {self.rate} Hz)"
         self._resampler = StreamResampler(self.rate)
         self._stop = threading.Event()
@@ -155,3 +160,5 @@ class PulseSource(LiveSource):
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.join(timeout=2 * self._block_ms / 1000 + 0.5)
+            if reader.is_alive():  # blocked in a read (a suspended source): it closes its connection when that returns
+                LiveSource.stuck[:] = [t for t in LiveSource.stuck if t.is_alive()] + [reader]

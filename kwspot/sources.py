@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from kwspot.pipe_source import StdinSource, is_pipe_like
 __all__ = ["FileSource", "LiveSource", "MicSource", "Source", "StdinSource", "is_pipe_like", "with_tail"]
 
 log = logging.getLogger("kwspot")
+T = TypeVar("T")
 EMPTY = np.zeros(0, dtype=np.float32)
 
 
@@ -164,6 +165,7 @@ class LiveSource(Source):
     MAX_BACKOFF_S = 30.0
     CALL_TIMEOUT_S = 5.0
     hung = False  # set once a sound-system call never returned; it is not touched again
+    stuck: ClassVar[list[threading.Thread]] = []  # capture threads that did not stop (blocked in a read)
     errors: tuple[type[BaseException], ...] = (KwspotError,)  # what a failed reopen raises
 
     def __init__(self, block_ms: int) -> None:
@@ -176,6 +178,7 @@ class LiveSource(Source):
         self.dropped_blocks = 0  # blocks lost because the main loop fell behind
         self.reconnects = 0
         self._open_now = False
+        self._delivered = False
         self._last_audio = time.monotonic()
         self._retry_at = 0.0
         self._backoff = self.FIRST_BACKOFF_S
@@ -196,6 +199,7 @@ class LiveSource(Source):
 
     def _opened(self) -> None:
         self._open_now = True
+        self._delivered = False  # no block from this stream yet
         self._last_audio = time.monotonic() + self.FIRST_AUDIO_S - self.STALL_S
 
     def _push(self, block: np.ndarray, overflow: bool = False) -> None:
@@ -207,30 +211,9 @@ class LiveSource(Source):
         else:
             self._queue.put(block)
 
-    def _guarded(self, call: Callable[[], None], what: str) -> None:
+    def _guarded(self, call: Callable[[], object], what: str) -> None:
         """Run a sound-system call in a worker thread; raise AudioSystemHung if it does not return in time."""
-        if LiveSource.hung:
-            raise AudioSystemHung("audio system hung earlier; not touching it again")
-        done = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                call()
-            except BaseException as exc:  # re-raised in the caller's thread
-                errors.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name="audio-call", daemon=True).start()
-        if not done.wait(self.CALL_TIMEOUT_S):
-            LiveSource.hung = True
-            raise AudioSystemHung(
-                f"audio system hung: {what} did not return in {self.CALL_TIMEOUT_S:g} s "
-                "(sound server frozen?); exiting so that kwspot can be restarted"
-            )
-        if errors:
-            raise errors[0]
+        guarded(call, what, self.CALL_TIMEOUT_S)
 
     def backlog_samples(self) -> int:
         """Audio waiting in the queue, in 8 kHz samples."""
@@ -254,13 +237,24 @@ class LiveSource(Source):
             alive = self._alive()
             if not alive or time.monotonic() - self._last_audio > self.STALL_S:
                 reason = "stream stopped" if not alive else f"no audio for {self.STALL_S:g} s"
-                log.warning("audio input lost (%s); reopening", reason)
                 self._close_stream()
-                self._retry_at = time.monotonic()
+                if alive and not self._delivered:  # open, yet silent since it opened (a suspended source): back off
+                    log.warning("audio input open but silent (%s); next try in %.0f s", reason, self._backoff)
+                    self._retry_at = time.monotonic() + self._backoff
+                    self._backoff = min(self._backoff * 2, self.MAX_BACKOFF_S)
+                else:  # it stopped, or worked and then fell silent: try again at once
+                    log.warning("audio input lost (%s); reopening", reason)
+                    self._retry_at = time.monotonic()
             return EMPTY
         self._last_audio = time.monotonic()
+        self._delivered = True
         self._backoff = self.FIRST_BACKOFF_S
         return self._resampler.process(to_mono(block))
+
+    @property
+    def reconnecting(self) -> bool:
+        """Closed after a loss, trying again with backoff (the loop still turns: not a hang)."""
+        return not self._open_now
 
     def _retry(self, timeout: float) -> np.ndarray:
         wait = self._retry_at - time.monotonic()
@@ -291,6 +285,45 @@ class LiveSource(Source):
         self._close_stream()
 
 
+def guarded(call: Callable[[], T], what: str, timeout_s: float = LiveSource.CALL_TIMEOUT_S) -> T:
+    """``call()`` in a worker thread: its result, its exception, or AudioSystemHung after ``timeout_s``.
+
+    A call into a frozen sound server never returns and cannot be interrupted; the main thread stays free
+    for signals, and the process leaves without touching the sound system again (``LiveSource.hung``).
+    """
+    if LiveSource.hung:
+        raise AudioSystemHung("audio system hung earlier; not touching it again")
+    done = threading.Event()
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(call())
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+        finally:
+            done.set()
+
+    stderr = os.dup(2)  # sounddevice points fd 2 at /dev/null while PortAudio starts: a hang there would keep it
+    try:
+        threading.Thread(target=run, name="audio-call", daemon=True).start()
+        finished = done.wait(timeout_s)
+        if not finished:
+            os.dup2(stderr, 2)  # so that the one-line error below is seen
+    finally:
+        os.close(stderr)
+    if not finished:
+        LiveSource.hung = True
+        raise AudioSystemHung(
+            f"audio system hung: {what} did not return in {timeout_s:g} s "
+            "(sound server frozen?); exiting so that kwspot can be restarted"
+        )
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
 class MicSource(LiveSource):
     """A sounddevice (PortAudio) input stream whose callback only copies blocks into the queue.
 
@@ -299,7 +332,7 @@ class MicSource(LiveSource):
 
     def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
         super().__init__(block_ms)
-        self._sd = import_sounddevice()
+        self._sd = guarded(import_sounddevice, "starting PortAudio", self.CALL_TIMEOUT_S)  # it probes the servers
         self.errors = (KwspotError, self._sd.PortAudioError)
         self._wanted_device = device
         self._wanted_rate = rate

@@ -215,6 +215,15 @@ def test_watchdog_is_fed_only_while_audio_flows(monkeypatch):
     assert sent.count("WATCHDOG") == 1  # one ping while audio flowed, none during the 2 s silence
 
 
+def test_watchdog_is_fed_while_a_lost_input_is_reopened(monkeypatch):
+    """Reconnecting with backoff is kwspot recovering by itself: systemd must not kill it for that."""
+    source = FakeSource([hop() for _ in range(3)] + ["silent"] * 8)
+    source.reconnecting = True  # as a LiveSource says between a loss and the next open
+    listener = make_listener(monkeypatch, source)
+    assert listener.run() == 0
+    assert listener.notifier.sent.count("WATCHDOG") >= 4  # pings go on through the 2 s without audio
+
+
 def test_overflows_are_logged_at_most_once_a_second(monkeypatch, kwlog):
     listener = make_listener(monkeypatch, FakeSource([hop() for _ in range(50)]))
     listener.run()

@@ -268,3 +268,49 @@ def test_devices_says_when_the_default_input_goes_straight_to_the_server(pulse, 
     assert with_server.returncode == 0 and without.returncode == 0, with_server.stderr + without.stderr
     assert "captures its default source directly" in with_server.stdout
     assert "PulseAudio" not in without.stdout
+
+
+def kwspot_clients(pulse: PulseServer) -> int:
+    listing = subprocess.run(["pactl", "list", "clients"], env=pulse.env, capture_output=True, text=True, timeout=30)
+    return listing.stdout.count('application.name = "kwspot"')
+
+
+def test_a_suspended_source_holds_one_connection_and_backs_off(pulse, tmp_path):
+    """No audio from an open source: kwspot backs off instead of reopening every few seconds, and a read that
+    never returns keeps its connection alone (it used to leave one behind per reopen, until the server's
+    client limit locked every program out)."""
+    sock = tmp_path / "kw.sock"
+    daemon = start_daemon(pulse, sock, "pulse")
+    log = LogTail(daemon)
+    try:
+        connect(sock, daemon).close()
+        time.sleep(LiveSource.FIRST_AUDIO_S)
+        subprocess.run(["pactl", "suspend-sink", "kwsink", "1"], env=pulse.env, check=True, timeout=30)
+        time.sleep(25)  # the old code reopened every 5 s: 5 connections by now
+        held = kwspot_clients(pulse)
+        threads = len(os.listdir(f"/proc/{daemon.pid}/task"))
+    finally:
+        subprocess.run(["pactl", "suspend-sink", "kwsink", "0"], env=pulse.env, timeout=30)
+    try:
+        log.wait_for("audio input back", timeout=60)
+        assert daemon.poll() is None
+    finally:
+        err = stop_daemon(daemon, log)
+    assert held <= 2 and threads <= 12, (held, threads, err)
+    assert "next try in 2 s" in err and "Traceback" not in err and "leaked" not in err, err
+
+
+@pytest.mark.parametrize("command", [["devices"], ["listen", "--backend", "portaudio", "--format", "jsonl"]])
+def test_portaudio_start_up_against_a_frozen_server_is_a_prompt_one_line_error(pulse, command):
+    """PortAudio probes the sound server when it starts: that call, too, runs with a time limit."""
+    pulse.server.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = subprocess.run(kwspot_cmd(*command), env={**pulse.env, "KWSPOT_CONFIG": ""}, capture_output=True,
+                                text=True, timeout=60)
+        took = time.monotonic() - started
+    finally:
+        pulse.server.send_signal(signal.SIGCONT)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and took < 20, (took, result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("kwspot: error: audio system hung"), result.stderr

@@ -314,3 +314,20 @@ def test_portaudio_start_up_against_a_frozen_server_is_a_prompt_one_line_error(p
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and took < 20, (took, result.stderr)
     assert len(lines) == 1 and lines[0].startswith("kwspot: error: audio system hung"), result.stderr
+
+
+def test_sigterm_while_a_read_hangs_on_a_suspended_source_is_a_clean_exit(pulse, tmp_path):
+    sock = tmp_path / "kw.sock"
+    daemon = start_daemon(pulse, sock, "pulse")
+    log = LogTail(daemon)
+    try:
+        connect(sock, daemon).close()
+        time.sleep(LiveSource.FIRST_AUDIO_S)
+        subprocess.run(["pactl", "suspend-sink", "kwsink", "1"], env=pulse.env, check=True, timeout=30)
+        log.wait_for("audio input lost", timeout=15)  # its reader is now stuck in a read
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=15)
+    finally:
+        subprocess.run(["pactl", "suspend-sink", "kwsink", "0"], env=pulse.env, timeout=30)
+        err = stop_daemon(daemon, log)
+    assert code == 0 and "leaked" not in err and "Traceback" not in err, err

@@ -110,7 +110,7 @@ def open_source(request: ListenRequest, settings: Settings) -> Source:
         return FileSource(request.input, realtime=not request.fast, block_ms=block_ms)
     audio = settings["audio"]
     if choose_backend(audio["backend"], audio["device"]) == "pulse":
-        return PulseSource(audio["device"], audio["rate"], block_ms)
+        return PulseSource(audio["device"], audio["rate"], block_ms, audio["max_lag_ms"])
     return MicSource(audio["device"], audio["rate"], block_ms)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kwspot.errors import KwspotError
-from kwspot.frontend import StreamResampler
+from kwspot.frontend import SAMPLE_RATE, StreamResampler
 from kwspot.sources import LiveSource
 
 DEFAULT_RATE = 48000  # PipeWire's and most cards' own rate: the server need not resample
@@ -76,8 +76,12 @@ class PulseSource(LiveSource):
     PROBE_EVERY = 20  # blocks between probe reads (the clocks of the card and of this machine drift apart)
     WAITED_S = 0.0005  # a read that took longer than this waited for its block to complete
 
-    def __init__(self, device: str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
+    def __init__(self, device: str | None = None, rate: int | None = None, block_ms: int = 100,
+                 max_lag_ms: int = 500) -> None:
         super().__init__(block_ms)
+        self._max_lag_s = max_lag_ms / 1000
+        self._flushed = 0  # 8 kHz samples of audio waiting in the server that the reader threw away (lag)
+        self._flushed_lock = threading.Lock()
         try:
             import pasimple
         except ImportError:
@@ -141,6 +145,7 @@ class PulseSource(LiveSource):
                     due = now + block_s  # this block completed just now
                 elif probe:
                     due = None  # complete before its time: phase unknown, or a backlog
+                    self._skip_backlog(connection)
                 else:
                     due += block_s
                 probe = due is None or (count + 1) % self.PROBE_EVERY == 0
@@ -150,6 +155,27 @@ class PulseSource(LiveSource):
             pass  # the main loop sees the thread gone and reopens
         finally:
             connection.close()  # type: ignore[attr-defined]
+
+    def _skip_backlog(self, connection: object) -> None:
+        """Audio piled up in the server (kwspot was stopped or starved): past ``max_lag_ms``, throw it away there
+        and count it, so that the main loop moves time on (``drain``) instead of running that far behind."""
+        try:
+            waiting_s = connection.get_latency() / 1e6  # type: ignore[attr-defined]
+            if waiting_s > self._max_lag_s:
+                connection.flush()  # type: ignore[attr-defined]
+                with self._flushed_lock:
+                    self._flushed += round(waiting_s * SAMPLE_RATE)
+        except self._pa.PaSimpleError:
+            pass  # no figure: the backlog drains at twice real time, as before
+
+    def backlog_samples(self) -> int:
+        """Audio waiting in the queue, and audio thrown away in the server not yet accounted for."""
+        return super().backlog_samples() + self._flushed
+
+    def drain(self) -> int:
+        with self._flushed_lock:
+            flushed, self._flushed = self._flushed, 0
+        return super().drain() + flushed
 
     def _alive(self) -> bool:
         return self._reader is not None and self._reader.is_alive()

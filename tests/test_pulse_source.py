@@ -79,6 +79,7 @@ class FakeServer:
     def __init__(self, fragment_s: float = 0.02, backlog_s: float = 0.0, rate: int = 48000) -> None:
         self.fragment_s, self.backlog_s, self.rate = fragment_s, backlog_s, rate
         self.reads: list[tuple[float, int]] = []  # (time the read returned, fragments it waited for)
+        self.flushed = 0  # frames thrown away by flush()
 
     def PaSimple(self, *args, **kwargs):  # noqa: N802 - pasimple's name
         server, start = self, time.monotonic() - self.backlog_s
@@ -99,10 +100,36 @@ class FakeServer:
                 self.pos += n
                 return bytes(n)
 
+            def arrived_bytes(self) -> int:
+                return int((time.monotonic() - start) / server.fragment_s) * round(server.fragment_s * server.rate) * 4
+
+            def get_latency(self) -> int:
+                """Microseconds of audio waiting to be read, as pa_simple_get_latency gives for a record stream."""
+                return max(0, self.arrived_bytes() - self.pos) * 1_000_000 // (4 * server.rate)
+
+            def flush(self) -> None:
+                server.flushed += max(0, self.arrived_bytes() - self.pos) // 4
+                self.pos = max(self.pos, self.arrived_bytes())
+
             def close(self) -> None:
                 pass
 
         return Connection()
+
+
+def test_a_backlog_past_max_lag_is_thrown_away_in_the_server_and_counted(monkeypatch):
+    from kwspot.pulse_source import PulseSource
+
+    server = FakeServer(fragment_s=0.02, backlog_s=1.5)  # kwspot was stopped for 1.5 s
+    monkeypatch.setitem(sys.modules, "pasimple", server)
+    source = PulseSource(block_ms=100, max_lag_ms=500)
+    try:
+        time.sleep(0.5)
+        assert source.backlog_samples() >= 8000  # 1.5 s at 8 kHz counted ...
+        assert source.drain() >= 8000 and source.backlog_samples() < 4000  # ... and handed to the main loop once
+    finally:
+        source.close()
+    assert server.flushed >= 48000  # thrown away in the server: at least a second at 48 kHz
 
 
 def test_the_reader_reads_once_a_block_beside_short_fragments_and_catches_up_a_backlog(monkeypatch):
@@ -111,16 +138,17 @@ def test_the_reader_reads_once_a_block_beside_short_fragments_and_catches_up_a_b
     than real time until the reader is back at the present."""
     from kwspot.pulse_source import PulseSource
 
-    server = FakeServer(fragment_s=0.02, backlog_s=0.5)
+    server = FakeServer(fragment_s=0.02, backlog_s=0.4)  # under max_lag_ms: read, not thrown away
     monkeypatch.setitem(sys.modules, "pasimple", server)
     source = PulseSource(block_ms=100)
     try:
         time.sleep(2.0)
     finally:
         source.close()
+    assert server.flushed == 0
     opened = server.reads[0][0]
     blocks_by = [(t - opened, i + 1) for i, (t, _) in enumerate(server.reads)]
-    assert any(t < 1.2 and n >= (t + 0.5) / 0.1 - 1 for t, n in blocks_by)  # caught up on the backlog within 1.2 s
+    assert any(t < 1.2 and n >= (t + 0.4) / 0.1 - 1 for t, n in blocks_by)  # caught up on the backlog within 1.2 s
     steady = [(t, w) for t, w in server.reads if t - opened > 1.2]
     assert len(steady) >= 5
     assert sum(w for _, w in steady) <= 0.5 * len(steady)  # most reads start when their block is there: no wait

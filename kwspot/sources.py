@@ -180,6 +180,7 @@ class LiveSource(Source):
         self._open_now = False
         self._delivered = False
         self._last_audio = time.monotonic()
+        self._last_read = self._last_audio  # when the main loop last asked for audio
         self._retry_at = 0.0
         self._backoff = self.FIRST_BACKOFF_S
 
@@ -229,6 +230,10 @@ class LiveSource(Source):
                 return dropped * SAMPLE_RATE // self.rate
 
     def read(self, timeout: float) -> np.ndarray | None:
+        now = time.monotonic()
+        if now - self._last_read > self.STALL_S:  # the loop itself did not run (stopped, starved): not the input
+            self._last_audio = max(self._last_audio, now)
+        self._last_read = now
         if not self._open_now:
             return self._retry(timeout)
         try:

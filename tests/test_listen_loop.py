@@ -123,6 +123,21 @@ def test_mic_stall_without_error_is_treated_as_lost(fake_sd, kwlog):
     assert any("no audio for" in m for m in kwlog)
 
 
+def test_a_pause_of_kwspot_itself_is_not_a_lost_input(fake_sd, kwlog):
+    """SIGSTOP, or a starved machine: the loop did not ask for audio for a while; the input is not to blame."""
+    mic = MicSource(block_ms=50)
+    stream = FakeStream.instances[0]
+    stream.push(10)
+    read_until(mic, lambda b: b.size > 0)
+    while mic.backlog_samples():
+        mic.read(0.01)
+    time.sleep(MicSource.STALL_S * 2)  # the loop is away; the stream, stopped with us, pushes nothing
+    mic.read(0.01)  # resumed: the loop asks first, the next block comes a moment later
+    stream.push(1)
+    mic.read(0.01)
+    assert len(FakeStream.instances) == 1 and not any("audio input lost" in m for m in kwlog), kwlog
+
+
 def test_overflows_and_full_queue_are_counted(fake_sd):
     mic = MicSource(block_ms=50)
     stream = FakeStream.instances[0]

@@ -334,7 +334,7 @@ def test_sigterm_while_a_read_hangs_on_a_suspended_source_is_a_clean_exit(pulse,
 
 
 def test_audio_piled_up_in_the_server_during_a_stall_is_skipped(pulse, tmp_path):
-    """kwspot stopped for 1.5 s: what waits in the server past max_lag_ms is thrown away and time moves on,
+    """kwspot stopped for 1.8 s: what waits in the server past max_lag_ms is thrown away and time moves on,
     so later words are heard about as late as before the stall (it used to drain at twice real time)."""
     sock = tmp_path / "kw.sock"
     daemon = start_daemon(pulse, sock, "pulse")
@@ -343,11 +343,11 @@ def test_audio_piled_up_in_the_server_during_a_stall_is_skipped(pulse, tmp_path)
         connect(sock, daemon).close()
         time.sleep(LiveSource.FIRST_AUDIO_S)
         daemon.send_signal(signal.SIGSTOP)
-        time.sleep(1.5)
+        time.sleep(1.8)
         daemon.send_signal(signal.SIGCONT)
         log.wait_for("skipped to catch up", timeout=10)
     finally:
         err = stop_daemon(daemon, log)
     skipped = [float(line.split(" s skipped")[0].rsplit(" ", 1)[1]) for line in err.splitlines()
                if "skipped to catch up" in line]
-    assert sum(skipped) >= 1.0, err  # the queue alone held at most 0.5 s of it
+    assert sum(skipped) >= 0.8, err  # kwspot's own queue alone gives about 0.5 s (max_lag_ms) of it

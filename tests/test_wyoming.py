@@ -514,7 +514,7 @@ def test_an_audio_chunk_of_minutes_is_refused_and_stalls_nobody(server):
         assert closed == b""
         return asyncio.get_running_loop().time() - started
 
-    assert asyncio.run(hog_then_ask()) < 1.0
+    assert asyncio.run(hog_then_ask()) < 5.0  # a bound for a loaded machine; the old server never closed it
 
 
 def test_a_flood_of_bad_requests_is_logged_at_a_bounded_rate():

@@ -81,7 +81,6 @@ class WakeService:
     hop_s: float
     keywords: list[str] = field(default_factory=list)
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
-    connected: int = 0
     refused: Tally = field(default_factory=lambda: Tally(REFUSED_LOG_S))  # closed at once: MAX_CLIENTS connected
     _tokens: float = COMPLAINT_BURST  # warnings about what clients sent that may be logged now
     _refilled: float = field(default_factory=time.monotonic)
@@ -171,19 +170,17 @@ class WakeConnection(AsyncEventHandler):
 
     async def run(self) -> None:
         """Serve until the client leaves; whatever goes wrong closes this connection only."""
-        if self.service.connected >= MAX_CLIENTS:
+        if len(self.service.connections) >= MAX_CLIENTS:
             idle = self.service.idlest()
             if idle is None:
                 await self._refuse()
                 return
             log.debug("client %d idle for %.0f s: closed to make room", idle.id, time.monotonic() - idle.last_event)
             idle.writer.transport.abort()
-        self.service.connected += 1
         self.service.connections.add(self)
         try:
             await self._serve()
         finally:
-            self.service.connected -= 1
             self.service.connections.discard(self)
 
     async def _refuse(self) -> None:

@@ -28,10 +28,9 @@ from kwspot import interrupt
 from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE
-from kwspot.model import Model, bundled_model_path
+from kwspot.model import Model, bundled_model_path, model_file
 from kwspot.modelfile import check_thresholds
 from kwspot.notify import SystemdNotifier
-from kwspot.paths import checked, not_a_file, shown
 from kwspot.pipeline import Pipeline, level_db
 from kwspot.pulse_source import PulseSource, choose_backend
 from kwspot.settings import Settings, resolve
@@ -304,7 +303,8 @@ class Listener:
         self.notifier.reloading()
         try:
             settings, path = resolve(self.request.config_path, self.request.flags)
-            check_model_path(settings["model"]["path"])
+            if settings["model"]["path"] is not None:  # a model file that would not start kwspot refuses the reload
+                model_file(settings["model"]["path"])
             new_detector = Detector(self.model.labels, detector_settings(
                 settings, self.model, self.request.cli_threshold, str(path or "config")))
             verifier_changed = settings["detector"]["verifier"] != self.settings["detector"]["verifier"]
@@ -338,12 +338,6 @@ class Listener:
             close_sinks(self.sinks)
             for signum, handler in self._saved_handlers.items():
                 signal.signal(signum, handler)
-
-
-def check_model_path(path: str | None) -> None:
-    """A reload whose model file would not start kwspot is refused (the model itself changes on restart)."""
-    if path is not None and not (model := checked(path, "model")).is_file():
-        raise KwspotError(f"{shown(model)}: {not_a_file(model, 'model')}")
 
 
 def needs_restart(running: Settings, new: Settings) -> list[str]:

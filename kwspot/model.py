@@ -48,6 +48,14 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
+def model_file(path: str | Path) -> Path:
+    """``path`` as a Path if it names a regular file, else KwspotError saying what it is instead."""
+    file = checked(path, "model")
+    if not file.is_file():
+        raise KwspotError(f"{shown(file)}: {not_a_file(file, 'model')}")
+    return file
+
+
 MAX_MODEL_BYTES = 256 << 20  # the bundled model is 0.3 MiB; a file past this is not a keyword model
 
 
@@ -57,9 +65,7 @@ class Model:
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.path = checked(path, "model")
-        if not self.path.is_file():
-            raise KwspotError(f"{shown(self.path)}: {not_a_file(self.path, 'model')}")
+        self.path = model_file(path)
         self.file = modelfile.read(self.path)
         if self.file.sample_rate != SAMPLE_RATE:
             raise KwspotError(

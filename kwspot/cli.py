@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     sources = sys.modules.get("kwspot.sources")
-    if sources is not None and (sources.LiveSource.hung or any(t.is_alive() for t in sources.LiveSource.stuck)):
+    if sources is not None and (sources.LiveSource.hung or sources.LiveSource.reader_stuck()):
         # The sound system is stuck in a call that never returns (or a capture thread in a read): its exit
         # hooks would hang too, and the objects that thread holds would be reported as leaked.
         sys.stdout.flush()

@@ -104,7 +104,7 @@ class PulseSource(LiveSource):
         except pa.PaSimpleError as exc:
             where = f"source {self._device!r}" if self._device else "the default source"
             raise KwspotError(f"cannot capture {where} from PulseAudio/PipeWire ({_error_text(exc)})") from None
-        if any(t.is_alive() for t in LiveSource.stuck):
+        if LiveSource.reader_stuck():
             # The last reader is still blocked in a read (a suspended source) and holds its connection: one more
             # would pile up with it, up to the server's client limit. The server answered, so it is not frozen.
             connection.close()

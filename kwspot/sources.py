@@ -212,9 +212,14 @@ class LiveSource(Source):
         else:
             self._queue.put(block)
 
-    def _guarded(self, call: Callable[[], object], what: str) -> None:
+    def _guarded(self, call: Callable[[], T], what: str) -> T:
         """Run a sound-system call in a worker thread; raise AudioSystemHung if it does not return in time."""
-        guarded(call, what, self.CALL_TIMEOUT_S)
+        return guarded(call, what, self.CALL_TIMEOUT_S)
+
+    @staticmethod
+    def reader_stuck() -> bool:
+        """Whether a capture thread that was told to stop is still blocked in a read (``stuck``)."""
+        return any(thread.is_alive() for thread in LiveSource.stuck)
 
     def backlog_samples(self) -> int:
         """Audio waiting in the queue, in 8 kHz samples."""
@@ -337,7 +342,7 @@ class MicSource(LiveSource):
 
     def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
         super().__init__(block_ms)
-        self._sd = guarded(import_sounddevice, "starting PortAudio", self.CALL_TIMEOUT_S)  # it probes the servers
+        self._sd = self._guarded(import_sounddevice, "starting PortAudio")  # it probes the sound servers
         self.errors = (KwspotError, self._sd.PortAudioError)
         self._wanted_device = device
         self._wanted_rate = rate

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,29 @@ def start_daemon(pulse: PulseServer, sock: Path, backend: str = "auto") -> subpr
     )
 
 
+def listening_daemon(pulse: PulseServer, tmp_path: Path, backend: str = "pulse") -> tuple[subprocess.Popen, LogTail]:
+    """kwspot capturing through ``backend``, serving events on ``tmp_path / "kw.sock"``, once its audio flows."""
+    daemon = start_daemon(pulse, tmp_path / "kw.sock", backend)
+    log = LogTail(daemon)
+    try:
+        connect(tmp_path / "kw.sock", daemon).close()
+    except BaseException:
+        daemon.kill()
+        raise
+    time.sleep(LiveSource.FIRST_AUDIO_S)  # audio flows (a fresh monitor stream takes ~2 s to start)
+    return daemon, log
+
+
+@contextmanager
+def suspended(pulse: PulseServer) -> Iterator[None]:
+    """The null sink (and so the monitor kwspot records) suspended: an open source that gives no audio."""
+    subprocess.run(["pactl", "suspend-sink", "kwsink", "1"], env=pulse.env, check=True, timeout=30)
+    try:
+        yield
+    finally:
+        subprocess.run(["pactl", "suspend-sink", "kwsink", "0"], env=pulse.env, timeout=30)
+
+
 class LogTail:
     """Collects a daemon's stderr lines as they come, so a test can wait for one."""
 
@@ -232,12 +256,8 @@ def test_capture_survives_a_sound_server_restart(pulse, tmp_path, speech_command
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_a_frozen_sound_server_ends_in_a_clear_error_not_a_hang(pulse, tmp_path, backend):
-    sock = tmp_path / "kw.sock"
-    daemon = start_daemon(pulse, sock, backend)
-    log = LogTail(daemon)
+    daemon, log = listening_daemon(pulse, tmp_path, backend)
     try:
-        connect(sock, daemon).close()
-        time.sleep(LiveSource.FIRST_AUDIO_S)  # audio flows (a fresh monitor stream takes ~2 s to start)
         pulse.server.send_signal(signal.SIGSTOP)  # alive but answering nothing: calls into it block
         # kwspot notices the silence (STALL_S), tries to reopen or close, and gives up on the blocked call
         daemon.wait(timeout=LiveSource.STALL_S + LiveSource.CALL_TIMEOUT_S + 15)
@@ -248,7 +268,7 @@ def test_a_frozen_sound_server_ends_in_a_clear_error_not_a_hang(pulse, tmp_path,
             daemon.kill()
     assert daemon.returncode == 2, err  # non-zero: systemd's Restart=on-failure brings it back
     assert "kwspot: error: audio system hung" in err and "Traceback" not in err
-    assert not sock.exists()
+    assert not (tmp_path / "kw.sock").exists()
 
 
 def test_an_unknown_pulseaudio_source_is_a_one_line_error(pulse):
@@ -279,19 +299,12 @@ def test_a_suspended_source_holds_one_connection_and_backs_off(pulse, tmp_path):
     """No audio from an open source: kwspot backs off instead of reopening every few seconds, and a read that
     never returns keeps its connection alone (it used to leave one behind per reopen, until the server's
     client limit locked every program out)."""
-    sock = tmp_path / "kw.sock"
-    daemon = start_daemon(pulse, sock, "pulse")
-    log = LogTail(daemon)
+    daemon, log = listening_daemon(pulse, tmp_path)
     try:
-        connect(sock, daemon).close()
-        time.sleep(LiveSource.FIRST_AUDIO_S)
-        subprocess.run(["pactl", "suspend-sink", "kwsink", "1"], env=pulse.env, check=True, timeout=30)
-        time.sleep(25)  # the old code reopened every 5 s: 5 connections by now
-        held = kwspot_clients(pulse)
-        threads = len(os.listdir(f"/proc/{daemon.pid}/task"))
-    finally:
-        subprocess.run(["pactl", "suspend-sink", "kwsink", "0"], env=pulse.env, timeout=30)
-    try:
+        with suspended(pulse):
+            time.sleep(25)  # the old code reopened every 5 s: 5 connections by now
+            held = kwspot_clients(pulse)
+            threads = len(os.listdir(f"/proc/{daemon.pid}/task"))
         log.wait_for("audio input back", timeout=60)
         assert daemon.poll() is None
     finally:
@@ -317,18 +330,13 @@ def test_portaudio_start_up_against_a_frozen_server_is_a_prompt_one_line_error(p
 
 
 def test_sigterm_while_a_read_hangs_on_a_suspended_source_is_a_clean_exit(pulse, tmp_path):
-    sock = tmp_path / "kw.sock"
-    daemon = start_daemon(pulse, sock, "pulse")
-    log = LogTail(daemon)
+    daemon, log = listening_daemon(pulse, tmp_path)
     try:
-        connect(sock, daemon).close()
-        time.sleep(LiveSource.FIRST_AUDIO_S)
-        subprocess.run(["pactl", "suspend-sink", "kwsink", "1"], env=pulse.env, check=True, timeout=30)
-        log.wait_for("audio input lost", timeout=15)  # its reader is now stuck in a read
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=15)
+        with suspended(pulse):
+            log.wait_for("audio input lost", timeout=15)  # its reader is now stuck in a read
+            daemon.send_signal(signal.SIGTERM)
+            code = daemon.wait(timeout=15)
     finally:
-        subprocess.run(["pactl", "suspend-sink", "kwsink", "0"], env=pulse.env, timeout=30)
         err = stop_daemon(daemon, log)
     assert code == 0 and "leaked" not in err and "Traceback" not in err, err
 
@@ -336,12 +344,8 @@ def test_sigterm_while_a_read_hangs_on_a_suspended_source_is_a_clean_exit(pulse,
 def test_audio_piled_up_in_the_server_during_a_stall_is_skipped(pulse, tmp_path):
     """kwspot stopped for 1.8 s: what waits in the server past max_lag_ms is thrown away and time moves on,
     so later words are heard about as late as before the stall (it used to drain at twice real time)."""
-    sock = tmp_path / "kw.sock"
-    daemon = start_daemon(pulse, sock, "pulse")
-    log = LogTail(daemon)
+    daemon, log = listening_daemon(pulse, tmp_path)
     try:
-        connect(sock, daemon).close()
-        time.sleep(LiveSource.FIRST_AUDIO_S)
         daemon.send_signal(signal.SIGSTOP)
         time.sleep(1.8)
         daemon.send_signal(signal.SIGCONT)

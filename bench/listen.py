@@ -5,7 +5,7 @@
 Modes: ``file`` plays a stream of Speech Commands keywords with 1.5 s gaps over faint noise through
 ``--input FILE`` (real-time file source); ``pulse`` (with ``--pulse``) starts a private PulseAudio with a
 null sink whose monitor is the default source, plays the same stream into the sink with paplay, and kwspot
-captures the default device straight from the server (``audio.backend: auto`` picks libpulse-simple);
+captures the default device straight from the server (``audio.backend: auto`` picks libpulse);
 ``pulse-portaudio`` is the same through PortAudio and its ALSA plugin (``--backend portaudio``). The server
 also serves a ``parec`` reader (without one a new capture stream gets no audio for ~2 s) asking for
 ``--neighbour-ms`` of latency (default 20, as a desktop call would): short fragments wake every client of

@@ -167,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     sources = sys.modules.get("kwspot.sources")
-    if sources is not None and (sources.LiveSource.hung or sources.LiveSource.reader_stuck()):
-        # The sound system is stuck in a call that never returns (or a capture thread in a read): its exit
-        # hooks would hang too, and the objects that thread holds would be reported as leaked.
+    if sources is not None and sources.LiveSource.hung:
+        # The sound system is stuck in a call that never returns: its exit hooks would hang too, and the
+        # objects that call holds would be reported as leaked.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

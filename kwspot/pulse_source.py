@@ -1,4 +1,4 @@
-"""Capture straight from PulseAudio or PipeWire (pipewire-pulse) through libpulse-simple.
+"""Capture straight from PulseAudio or PipeWire (pipewire-pulse) through libpulse (``kwspot.libpulse``).
 
 Lighter than PortAudio on a desktop or a Pi with a sound server: no ALSA plugins are probed or
 mapped (6.5 MiB less RSS in bench/listen.py). Used for the default input when a server is
@@ -7,7 +7,6 @@ reachable (``audio.backend: auto``) or when asked (``pulse``).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kwspot import libpulse
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, StreamResampler
 from kwspot.sources import LiveSource
@@ -43,25 +43,12 @@ def server_reachable(env: dict[str, str] | None = None) -> bool:
 def choose_backend(backend: str, device: str | int | None, env: dict[str, str] | None = None) -> str:
     """``pulse`` or ``portaudio`` for the ``audio.backend`` setting.
 
-    ``auto`` takes the sound server for the default input only: device names and indexes given by the
-    user are PortAudio's (`kwspot devices`).
+    ``auto`` takes the sound server for the default input only, and only where libpulse is installed:
+    device names and indexes given by the user are PortAudio's (`kwspot devices`).
     """
     if backend != "auto":
         return backend
-    return "pulse" if device is None and server_reachable(env) else "portaudio"
-
-
-def _error_text(exc: Exception) -> str:
-    """libpulse's own words for the error code pasimple reports (e.g. 'Connection refused')."""
-    from pasimple import pa_simple
-
-    code = str(exc).rsplit(":", 1)[-1].strip()
-    try:
-        strerror = pa_simple.get_libpulse_simple().pa_strerror
-        strerror.restype = ctypes.c_char_p
-        return strerror(int(code)).decode()
-    except (ValueError, AttributeError, OSError):  # no such symbol or code: the raw message will do
-        return str(exc)
+    return "pulse" if device is None and server_reachable(env) and libpulse.available() else "portaudio"
 
 
 class PulseSource(LiveSource):
@@ -74,7 +61,7 @@ class PulseSource(LiveSource):
     EARLY_S = 0.002  # a probe read starts this long before its block is due
     LATE_S = 0.004  # any other read starts this long after, when its block is already there
     PROBE_EVERY = 20  # blocks between probe reads (the clocks of the card and of this machine drift apart)
-    WAITED_S = 0.0005  # a read that took longer than this waited for its block to complete
+    OPEN_TIMEOUT_S = 4.0  # the server must accept the stream in this time (under LiveSource.CALL_TIMEOUT_S)
 
     def __init__(self, device: str | None = None, rate: int | None = None, block_ms: int = 100,
                  max_lag_ms: int = 500) -> None:
@@ -82,11 +69,7 @@ class PulseSource(LiveSource):
         self._max_lag_s = max_lag_ms / 1000
         self._flushed = 0  # 8 kHz samples of audio waiting in the server that the reader threw away (lag)
         self._flushed_lock = threading.Lock()
-        try:
-            import pasimple
-        except ImportError:
-            raise KwspotError("audio.backend pulse needs the pasimple package (pip install pasimple)") from None
-        self._pa = pasimple
+        libpulse.library()  # a one-line error now if it is missing
         self._device = str(device) if device is not None else None
         self.rate = rate or DEFAULT_RATE
         self._reader: threading.Thread | None = None
@@ -94,35 +77,26 @@ class PulseSource(LiveSource):
         self._guarded(self._open, "connecting to the sound server")
 
     def _open(self) -> None:
-        pa = self._pa
         block_bytes = 4 * max(1, self.rate * self._block_ms // 1000)
         try:
-            connection = pa.PaSimple(
-                pa.PA_STREAM_RECORD, pa.PA_SAMPLE_FLOAT32LE, 1, self.rate,
-                app_name="kwspot", stream_name="keyword spotting", device_name=self._device, fragsize=block_bytes,
-            )
-        except pa.PaSimpleError as exc:
+            stream = libpulse.RecordStream(self._device, self.rate, block_bytes, self.OPEN_TIMEOUT_S)
+        except libpulse.PulseError as exc:
             where = f"source {self._device!r}" if self._device else "the default source"
-            raise KwspotError(f"cannot capture {where} from PulseAudio/PipeWire ({_error_text(exc)})") from None
-        if LiveSource.reader_stuck():
-            # The last reader is still blocked in a read (a suspended source) and holds its connection: one more
-            # would pile up with it, up to the server's client limit. The server answered, so it is not frozen.
-            connection.close()
-            raise KwspotError("the last connection is still waiting for audio (source suspended?)")
+            raise KwspotError(f"cannot capture {where} from PulseAudio/PipeWire ({exc})") from None
         self.description = f"{self._device or 'default source'} (PulseAudio/PipeWire device, {self.rate} Hz)"
         self._resampler = StreamResampler(self.rate)
         self._stop = threading.Event()
         self._reader = threading.Thread(
-            target=self._capture, args=(connection, block_bytes, self._stop), name="pulse-capture", daemon=True
+            target=self._capture, args=(stream, block_bytes, self._stop), name="pulse-capture", daemon=True
         )
         self._reader.start()
         self._opened()
 
-    def _capture(self, connection: object, block_bytes: int, stop: threading.Event) -> None:
+    def _capture(self, stream: libpulse.RecordStream, block_bytes: int, stop: threading.Event) -> None:
         """Reader thread: one read a block, until stopped or the server goes.
 
-        A read that has to wait wakes for every fragment the server sends (every 20 ms or less when another
-        client asks for low latency), so the thread sleeps between reads, and most reads start just after
+        The server sends fragments as its source posts them (every 20 ms or less beside a client that asks for
+        low latency); they wait for this thread, which sleeps between reads, and most reads start just after
         their block is complete: they return at once, one wake-up a block. The phase of the blocks is learnt
         from reads that had to wait, which ended as their block did. A probe read, every ``PROBE_EVERY``
         blocks, starts just before its block is due to check the phase; a probe that finds its block complete
@@ -135,37 +109,39 @@ class PulseSource(LiveSource):
         count = 0
         try:
             while not stop.is_set():
-                started = time.monotonic()
-                data = connection.read(block_bytes)  # type: ignore[attr-defined]
+                data = stream.read(block_bytes, timeout_s=block_s)
                 now = time.monotonic()
+                if data is None:  # no audio for a block (a suspended source): the main loop judges the silence
+                    due, probe = None, True
+                    continue
                 if not stop.is_set():
                     self._push(np.frombuffer(data, dtype=np.float32))
                 count += 1
-                if now - started > self.WAITED_S:
+                if stream.waited:
                     due = now + block_s  # this block completed just now
                 elif probe:
                     due = None  # complete before its time: phase unknown, or a backlog
-                    self._skip_backlog(connection)
+                    self._skip_backlog(stream)
                 else:
                     due += block_s
                 probe = due is None or (count + 1) % self.PROBE_EVERY == 0
                 wake = now + block_s / 2 if due is None else due - self.EARLY_S if probe else due + self.LATE_S
                 time.sleep(max(0.0, wake - time.monotonic()))  # a C call: cheaper than an Event's wait
-        except self._pa.PaSimpleError:
+        except libpulse.PulseError:
             pass  # the main loop sees the thread gone and reopens
         finally:
-            connection.close()  # type: ignore[attr-defined]
+            stream.close()
 
-    def _skip_backlog(self, connection: object) -> None:
+    def _skip_backlog(self, stream: libpulse.RecordStream) -> None:
         """Audio piled up in the server (kwspot was stopped or starved): past ``max_lag_ms``, throw it away there
         and count it, so that the main loop moves time on (``drain``) instead of running that far behind."""
         try:
-            waiting_s = connection.get_latency() / 1e6  # type: ignore[attr-defined]
+            waiting_s = stream.latency_s()
             if waiting_s > self._max_lag_s:
-                connection.flush()  # type: ignore[attr-defined]
+                stream.flush()
                 with self._flushed_lock:
                     self._flushed += round(waiting_s * SAMPLE_RATE)
-        except self._pa.PaSimpleError:
+        except libpulse.PulseError:
             pass  # no figure: the backlog drains at twice real time, as before
 
     def backlog_samples(self) -> int:
@@ -181,10 +157,8 @@ class PulseSource(LiveSource):
         return self._reader is not None and self._reader.is_alive()
 
     def _stop_stream(self) -> None:
-        """Stop the reader: it frees its connection after its current read (a block, unless the server hangs)."""
+        """Stop the reader: it frees its connection after its current read (at most a block)."""
         self._stop.set()
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.join(timeout=2 * self._block_ms / 1000 + 0.5)
-            if reader.is_alive():  # blocked in a read (a suspended source): it closes its connection when that returns
-                LiveSource.stuck[:] = [t for t in LiveSource.stuck if t.is_alive()] + [reader]
+            reader.join(timeout=2 * self._block_ms / 1000 + 1.0)

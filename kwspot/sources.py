@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -165,7 +165,6 @@ class LiveSource(Source):
     MAX_BACKOFF_S = 30.0
     CALL_TIMEOUT_S = 5.0
     hung = False  # set once a sound-system call never returned; it is not touched again
-    stuck: ClassVar[list[threading.Thread]] = []  # capture threads that did not stop (blocked in a read)
     errors: tuple[type[BaseException], ...] = (KwspotError,)  # what a failed reopen raises
 
     def __init__(self, block_ms: int) -> None:
@@ -215,11 +214,6 @@ class LiveSource(Source):
     def _guarded(self, call: Callable[[], T], what: str) -> T:
         """Run a sound-system call in a worker thread; raise AudioSystemHung if it does not return in time."""
         return guarded(call, what, self.CALL_TIMEOUT_S)
-
-    @staticmethod
-    def reader_stuck() -> bool:
-        """Whether a capture thread that was told to stop is still blocked in a read (``stuck``)."""
-        return any(thread.is_alive() for thread in LiveSource.stuck)
 
     def backlog_samples(self) -> int:
         """Audio waiting in the queue, in 8 kHz samples."""

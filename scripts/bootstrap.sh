@@ -16,7 +16,7 @@ case "${1:-}" in
   *) echo "usage: scripts/bootstrap.sh [--dev]" >&2; exit 2 ;;
 esac
 
-packages="python3-venv libportaudio2"
+packages="python3-venv libportaudio2 libpulse0"
 if [ "$dev" = 1 ]; then
   packages="$packages espeak-ng pulseaudio pulseaudio-utils sox systemd mosquitto mosquitto-clients"
 fi
@@ -35,7 +35,7 @@ if command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
 else
-  echo "no apt-get: install PortAudio (libportaudio2) and python3-venv yourself" >&2
+  echo "no apt-get: install PortAudio (libportaudio2), libpulse (libpulse0) and python3-venv yourself" >&2
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

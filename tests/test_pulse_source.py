@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import kwspot_cmd
+from kwspot.errors import KwspotError
 from kwspot.pulse_source import choose_backend, server_reachable
 
 
@@ -68,44 +68,41 @@ def test_no_sound_server_is_a_one_line_error(tmp_path, env):
 
 
 class FakeServer:
-    """A pasimple stand-in: float32 audio at ``rate`` arriving in fragments of ``fragment_s``, with
-    ``backlog_s`` already waiting when the stream opens; a read blocks until its bytes have arrived."""
-
-    PA_STREAM_RECORD, PA_SAMPLE_FLOAT32LE = 2, 5
-
-    class PaSimpleError(Exception):
-        pass
+    """A stand-in for ``libpulse.RecordStream``: float32 audio at ``rate`` arriving in fragments of
+    ``fragment_s``, with ``backlog_s`` already waiting when the stream opens; a read waits until its bytes
+    have arrived, or its time is up."""
 
     def __init__(self, fragment_s: float = 0.02, backlog_s: float = 0.0, rate: int = 48000) -> None:
         self.fragment_s, self.backlog_s, self.rate = fragment_s, backlog_s, rate
-        self.reads: list[tuple[float, int]] = []  # (time the read returned, fragments it waited for)
+        self.reads: list[tuple[float, bool]] = []  # (time the read returned, whether it waited)
         self.flushed = 0  # frames thrown away by flush()
 
-    def PaSimple(self, *args, **kwargs):  # noqa: N802 - pasimple's name
+    def __call__(self, device: str | None, rate: int, fragment_bytes: int, timeout_s: float):
         server, start = self, time.monotonic() - self.backlog_s
         self.start = start
 
-        class Connection:
+        class Stream:
             pos = 0
+            waited = False
 
-            def read(self, n: int) -> bytes:
-                waited = 0
-                while True:
-                    arrived = int((time.monotonic() - start) / server.fragment_s) * server.fragment_s
-                    if arrived * server.rate * 4 >= self.pos + n:
-                        break
-                    waited += 1
-                    time.sleep(max(0.0, start + arrived + server.fragment_s - time.monotonic()))
-                server.reads.append((time.monotonic(), waited))
+            def read(self, n: int, timeout_s: float) -> bytes | None:
+                deadline, self.waited = time.monotonic() + timeout_s, False
+                while self.arrived_bytes() < self.pos + n:
+                    if time.monotonic() >= deadline:
+                        return None
+                    self.waited = True
+                    fragments = int((time.monotonic() - start) / server.fragment_s) + 1
+                    next_fragment = start + fragments * server.fragment_s
+                    time.sleep(max(0.0, min(next_fragment, deadline) - time.monotonic()))
+                server.reads.append((time.monotonic(), self.waited))
                 self.pos += n
                 return bytes(n)
 
             def arrived_bytes(self) -> int:
                 return int((time.monotonic() - start) / server.fragment_s) * round(server.fragment_s * server.rate) * 4
 
-            def get_latency(self) -> int:
-                """Microseconds of audio waiting to be read, as pa_simple_get_latency gives for a record stream."""
-                return max(0, self.arrived_bytes() - self.pos) * 1_000_000 // (4 * server.rate)
+            def latency_s(self) -> float:
+                return max(0, self.arrived_bytes() - self.pos) / (4 * server.rate)
 
             def flush(self) -> None:
                 server.flushed += max(0, self.arrived_bytes() - self.pos) // 4
@@ -114,14 +111,44 @@ class FakeServer:
             def close(self) -> None:
                 pass
 
-        return Connection()
+        return Stream()
 
 
-def test_a_backlog_past_max_lag_is_thrown_away_in_the_server_and_counted(monkeypatch):
+@pytest.fixture
+def fake_libpulse(monkeypatch):
+    """Installs a FakeServer as the sound server: returns a function that makes one."""
+    from kwspot import libpulse
+
+    def install(**kwargs) -> FakeServer:
+        server = FakeServer(**kwargs)
+        monkeypatch.setattr(libpulse, "RecordStream", server)
+        monkeypatch.setattr(libpulse, "library", lambda: None)
+        return server
+
+    return install
+
+
+def test_a_missing_libpulse_is_a_one_line_error(monkeypatch):
+    from kwspot import libpulse
+
+    def no_library(name):
+        raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    libpulse.library.cache_clear()
+    monkeypatch.setattr(libpulse.ctypes, "CDLL", no_library)
+    try:
+        with pytest.raises(KwspotError, match=r"needs libpulse \(Debian: apt install libpulse0\)"):
+            libpulse.library()
+        assert not libpulse.available()
+        assert choose_backend("auto", None, {"PULSE_SERVER": "tcp:localhost"}) == "portaudio"  # so auto goes around it
+    finally:
+        libpulse.library.cache_clear()
+
+
+def test_a_backlog_past_max_lag_is_thrown_away_in_the_server_and_counted(fake_libpulse):
     from kwspot.pulse_source import PulseSource
 
-    server = FakeServer(fragment_s=0.02, backlog_s=1.5)  # kwspot was stopped for 1.5 s
-    monkeypatch.setitem(sys.modules, "pasimple", server)
+    server = fake_libpulse(fragment_s=0.02, backlog_s=1.5)  # kwspot was stopped for 1.5 s
     source = PulseSource(block_ms=100, max_lag_ms=500)
     try:
         time.sleep(0.5)
@@ -132,14 +159,13 @@ def test_a_backlog_past_max_lag_is_thrown_away_in_the_server_and_counted(monkeyp
     assert server.flushed >= 48000  # thrown away in the server: at least a second at 48 kHz
 
 
-def test_the_reader_reads_once_a_block_beside_short_fragments_and_catches_up_a_backlog(monkeypatch):
+def test_the_reader_reads_once_a_block_beside_short_fragments_and_catches_up_a_backlog(fake_libpulse):
     """Fragments every 20 ms must not wake the reader five times a block (most reads start just after their
     block is complete and do not wait at all); audio waiting at the start (as after a stall) is read faster
     than real time until the reader is back at the present."""
     from kwspot.pulse_source import PulseSource
 
-    server = FakeServer(fragment_s=0.02, backlog_s=0.4)  # under max_lag_ms: read, not thrown away
-    monkeypatch.setitem(sys.modules, "pasimple", server)
+    server = fake_libpulse(fragment_s=0.02, backlog_s=0.4)  # under max_lag_ms: read, not thrown away
     source = PulseSource(block_ms=100)
     try:
         time.sleep(2.0)

@@ -90,12 +90,13 @@ def run_listen(args: argparse.Namespace) -> int:
 
 def run_devices(args: argparse.Namespace) -> int:
     from kwspot.devices import describe_devices
+    from kwspot.libpulse import server_answers
     from kwspot.pulse_source import choose_backend
     from kwspot.sources import guarded
 
     lines = guarded(describe_devices, "listing the audio devices", 10.0)
     print("\n".join(lines) if lines else "no input devices found")
-    if choose_backend("auto", None) == "pulse":
+    if choose_backend("auto", None) == "pulse" and server_answers():
         print("(a PulseAudio/PipeWire server runs: `kwspot listen` without --device captures its default source "
               "directly; --backend portaudio uses the devices above)")
     return 0

@@ -92,35 +92,19 @@ def available() -> bool:
     return True
 
 
-class RecordStream:
-    """Mono float32 at ``rate`` from a PulseAudio/PipeWire source (None: the server's default source).
+class Connection:
+    """A connection to the PulseAudio/PipeWire server on a main loop of its own, turned only by its owner."""
 
-    Owned by one thread at a time; nothing runs between its calls. ``read`` hands out exact blocks.
-    """
-
-    def __init__(self, device: str | None, rate: int, fragment_bytes: int, timeout_s: float,
-                 name: bytes = b"kwspot") -> None:
+    def __init__(self, timeout_s: float, name: bytes = b"kwspot") -> None:
         self._lib = lib = library()
-        self._buffer = bytearray()  # audio taken from libpulse, not yet handed out
-        self._bytes_per_s = 4 * rate
         self._stream: int | None = None
-        self.waited = False  # whether the last read had to wait for its block
         self._mainloop = lib.pa_mainloop_new()
         self._context = lib.pa_context_new(lib.pa_mainloop_get_api(self._mainloop), name)
         try:
-            deadline = time.monotonic() + timeout_s
             if lib.pa_context_connect(self._context, None, PA_CONTEXT_NOAUTOSPAWN, None) < 0:
                 raise self._error()
-            self._turn_until(lambda: lib.pa_context_get_state(self._context) == CONTEXT_READY, deadline)
-            spec = _SampleSpec(PA_SAMPLE_FLOAT32LE, rate, 1)
-            self._stream = lib.pa_stream_new(self._context, b"keyword spotting", ctypes.byref(spec), None)
-            if not self._stream:
-                raise self._error()
-            attr = _BufferAttr(DEFAULT, DEFAULT, DEFAULT, DEFAULT, fragment_bytes)
-            target = device.encode() if device is not None else None
-            if lib.pa_stream_connect_record(self._stream, target, ctypes.byref(attr), PA_STREAM_ADJUST_LATENCY) < 0:
-                raise self._error()
-            self._turn_until(lambda: lib.pa_stream_get_state(self._stream) == STREAM_READY, deadline)
+            self._turn_until(lambda: lib.pa_context_get_state(self._context) == CONTEXT_READY,
+                             time.monotonic() + timeout_s)
         except BaseException:
             self.close()
             raise
@@ -150,6 +134,49 @@ class RecordStream:
             if left <= 0:
                 raise PulseError("the sound server did not answer in time")
             self._turn(left)
+
+    def close(self) -> None:
+        """Disconnect and free everything (no call waits for the server)."""
+        lib = self._lib
+        if self._stream:
+            lib.pa_stream_disconnect(self._stream)
+            lib.pa_stream_unref(self._stream)
+        self._stream = None
+        if self._context:
+            lib.pa_context_disconnect(self._context)
+            lib.pa_context_unref(self._context)
+            self._context = None
+        if self._mainloop:
+            lib.pa_mainloop_free(self._mainloop)
+            self._mainloop = None
+
+
+class RecordStream(Connection):
+    """Mono float32 at ``rate`` from a PulseAudio/PipeWire source (None: the server's default source).
+
+    Owned by one thread at a time; nothing runs between its calls. ``read`` hands out exact blocks.
+    """
+
+    def __init__(self, device: str | None, rate: int, fragment_bytes: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        super().__init__(timeout_s)
+        self._buffer = bytearray()  # audio taken from libpulse, not yet handed out
+        self._bytes_per_s = 4 * rate
+        self.waited = False  # whether the last read had to wait for its block
+        lib = self._lib
+        try:
+            spec = _SampleSpec(PA_SAMPLE_FLOAT32LE, rate, 1)
+            self._stream = lib.pa_stream_new(self._context, b"keyword spotting", ctypes.byref(spec), None)
+            if not self._stream:
+                raise self._error()
+            attr = _BufferAttr(DEFAULT, DEFAULT, DEFAULT, DEFAULT, fragment_bytes)
+            target = device.encode() if device is not None else None
+            if lib.pa_stream_connect_record(self._stream, target, ctypes.byref(attr), PA_STREAM_ADJUST_LATENCY) < 0:
+                raise self._error()
+            self._turn_until(lambda: lib.pa_stream_get_state(self._stream) == STREAM_READY, deadline)
+        except BaseException:
+            self.close()
+            raise
 
     def _take(self) -> None:
         """Dispatch what arrived, without waiting, and move the audio libpulse holds into the buffer."""
@@ -208,17 +235,11 @@ class RecordStream:
         self._finish(self._lib.pa_stream_flush(self._stream, None, None), timeout_s)
         self._buffer.clear()
 
-    def close(self) -> None:
-        """Disconnect and free everything (no call waits for the server)."""
-        lib = self._lib
-        if self._stream:
-            lib.pa_stream_disconnect(self._stream)
-            lib.pa_stream_unref(self._stream)
-        self._stream = None
-        if self._context:
-            lib.pa_context_disconnect(self._context)
-            lib.pa_context_unref(self._context)
-            self._context = None
-        if self._mainloop:
-            lib.pa_mainloop_free(self._mainloop)
-            self._mainloop = None
+
+def server_answers(timeout_s: float = 2.0) -> bool:
+    """Whether the configured server accepts a connection within ``timeout_s`` (libpulse missing: False)."""
+    try:
+        Connection(timeout_s).close()
+    except (PulseError, KwspotError):
+        return False
+    return True

@@ -180,3 +180,15 @@ def test_the_reader_reads_once_a_block_beside_short_fragments_and_catches_up_a_b
     assert sum(w for _, w in steady) <= 0.5 * len(steady)  # most reads start when their block is there: no wait
     lateness = [t - (server.start + 0.1 * (i + 1)) for i, (t, _) in enumerate(server.reads) if t - opened > 1.2]
     assert np.median(lateness) < 0.02 and max(lateness) < 0.1  # reads start just after their block completes
+
+
+def test_devices_gives_no_server_hint_for_a_server_address_that_refuses(tmp_path):
+    """``PULSE_SERVER`` at a network address: configured, but nothing answers there (it used to say a server ran)."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    result = subprocess.run(kwspot_cmd("devices"), env={**base, "PULSE_SERVER": f"tcp:127.0.0.1:{port}"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "PulseAudio" not in result.stdout

@@ -161,6 +161,7 @@ class LiveSource(Source):
 
     STALL_S = 2.0  # no audio for this long means the stream is dead
     FIRST_AUDIO_S = 5.0  # a stream just opened may take longer (a sound server starting up)
+    SILENT_AGAIN_S = 1.0  # ... but after an open that stayed silent, this (PortAudio spins a core while it waits)
     FIRST_BACKOFF_S = 1.0
     MAX_BACKOFF_S = 30.0
     CALL_TIMEOUT_S = 5.0
@@ -178,6 +179,8 @@ class LiveSource(Source):
         self.reconnects = 0
         self._open_now = False
         self._delivered = False
+        self._silent_open = False  # the last stream opened never gave audio (a suspended source)
+        self._grace = self.FIRST_AUDIO_S  # how long the stream now open may take to give its first audio
         self._last_audio = time.monotonic()
         self._last_read = self._last_audio  # when the main loop last asked for audio
         self._retry_at = 0.0
@@ -200,7 +203,8 @@ class LiveSource(Source):
     def _opened(self) -> None:
         self._open_now = True
         self._delivered = False  # no block from this stream yet
-        self._last_audio = time.monotonic() + self.FIRST_AUDIO_S - self.STALL_S
+        self._grace = self.SILENT_AGAIN_S if self._silent_open else self.FIRST_AUDIO_S
+        self._last_audio = time.monotonic() + self._grace - self.STALL_S
 
     def _push(self, block: np.ndarray, overflow: bool = False) -> None:
         """Producer side: queue one captured block (mono or frames x channels)."""
@@ -240,9 +244,11 @@ class LiveSource(Source):
         except queue.Empty:
             alive = self._alive()
             if not alive or time.monotonic() - self._last_audio > self.STALL_S:
-                reason = "stream stopped" if not alive else f"no audio for {self.STALL_S:g} s"
+                silent_s = self.STALL_S if self._delivered else self._grace
+                reason = "stream stopped" if not alive else f"no audio for {silent_s:g} s"
                 self._close_stream()
-                if alive and not self._delivered:  # open, yet silent since it opened (a suspended source): back off
+                self._silent_open = alive and not self._delivered
+                if self._silent_open:  # open, yet silent since it opened (a suspended source): back off
                     log.warning("audio input open but silent (%s); next try in %.0f s", reason, self._backoff)
                     self._retry_at = time.monotonic() + self._backoff
                     self._backoff = min(self._backoff * 2, self.MAX_BACKOFF_S)
@@ -252,6 +258,7 @@ class LiveSource(Source):
             return EMPTY
         self._last_audio = time.monotonic()
         self._delivered = True
+        self._silent_open = False
         self._backoff = self.FIRST_BACKOFF_S
         return self._resampler.process(to_mono(block))
 

@@ -306,3 +306,24 @@ def test_a_new_socket_that_cannot_open_leaves_the_running_sinks_alone(tmp_path):
         assert (tmp_path / "a.sock").exists()
     finally:
         sinks["socket"].close()
+
+
+def test_after_a_silent_open_the_next_opens_wait_less_for_audio(fake_sd, kwlog, monkeypatch):
+    """A suspended source: the first open waits FIRST_AUDIO_S (a sound server may be starting), the next ones
+    only SILENT_AGAIN_S, since PortAudio's capture thread spins on a core while a silent stream is open."""
+    monkeypatch.setattr(MicSource, "FIRST_AUDIO_S", 1.0)
+    monkeypatch.setattr(MicSource, "SILENT_AGAIN_S", 0.1)
+    opened: list[float] = []
+    real_start = FakeStream.start
+    monkeypatch.setattr(FakeStream, "start", lambda self: (opened.append(time.monotonic()), real_start(self)))
+    mic = MicSource(block_ms=50)
+    read_until(mic, lambda b: len(opened) == 3)
+    first_open_s, second_open_s = opened[1] - opened[0], opened[2] - opened[1]  # silence + backoff (0.1, 0.2 s)
+    assert first_open_s >= 1.0 and second_open_s < 0.6, (opened, kwlog)
+    assert "audio input open but silent (no audio for 1 s); next try in 0 s" in kwlog
+    assert "audio input open but silent (no audio for 0.1 s); next try in 0 s" in kwlog
+    FakeStream.instances[-1].push(3)  # the source works again, then falls silent: lost, reopened at once,
+    read_until(mic, lambda b: b.size > 0)
+    read_until(mic, lambda b: len(opened) == 4)
+    read_until(mic, lambda b: len(opened) == 5)  # and that silent open had the long wait again
+    assert opened[4] - opened[3] >= 1.0, (opened, kwlog)

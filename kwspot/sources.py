@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from kwspot.devices import import_sounddevice, release_alsa_plugins, resolve_device
+from kwspot.devices import audio_landscape, import_sounddevice, release_alsa_plugins, resolve_device
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, StreamResampler, open_audio, to_mono
 from kwspot.paths import shown
@@ -344,6 +344,7 @@ class MicSource(LiveSource):
     def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
         super().__init__(block_ms)
         self._sd = self._guarded(import_sounddevice, "starting PortAudio")  # it probes the sound servers
+        self._landscape = audio_landscape()  # what PortAudio found when it started
         self.errors = (KwspotError, self._sd.PortAudioError)
         self._wanted_device = device
         self._wanted_rate = rate
@@ -382,10 +383,14 @@ class MicSource(LiveSource):
         return self._stream is not None and self._stream.active
 
     def _reinitialize(self) -> None:
-        """Restart PortAudio (so it sees devices and servers that came back), then open the device."""
-        self._sd._terminate()
-        self._sd._initialize()
-        release_alsa_plugins()
+        """Restart PortAudio if devices or sound servers changed (so it sees those that came back), then open
+        the device."""
+        landscape = audio_landscape()
+        if landscape != self._landscape:
+            self._sd._terminate()
+            self._sd._initialize()
+            release_alsa_plugins()
+            self._landscape = landscape
         self._open()
 
     def _stop_stream(self) -> None:

@@ -327,3 +327,22 @@ def test_after_a_silent_open_the_next_opens_wait_less_for_audio(fake_sd, kwlog, 
     read_until(mic, lambda b: len(opened) == 4)
     read_until(mic, lambda b: len(opened) == 5)  # and that silent open had the long wait again
     assert opened[4] - opened[3] >= 1.0, (opened, kwlog)
+
+
+def test_a_retry_restarts_portaudio_only_when_devices_or_servers_changed(fake_sd, kwlog, monkeypatch):
+    """Each PortAudio restart keeps ~12 KB (alsa-lib): with the device away for a day at one retry every
+    30 s that was 37 MB. A retry restarts it only when the device nodes or the sound servers changed."""
+    restarts = []
+    fake_sd._terminate = lambda: restarts.append(time.monotonic())
+    landscape = ["before"]
+    monkeypatch.setattr(sources, "audio_landscape", lambda: tuple(landscape))
+    mic = MicSource(block_ms=50)
+    FakeStream.instances[0].active = False  # the device went away, and its node with it
+    FakeStream.fail_open = True
+    landscape[:] = ["gone"]
+    read_until(mic, lambda b: sum("still unavailable" in m for m in kwlog) >= 3)
+    assert len(restarts) == 1  # once for the change, not once a retry
+    landscape[:] = ["back"]  # plugged in again
+    FakeStream.fail_open = False
+    read_until(mic, lambda b: mic.reconnects == 1)
+    assert len(restarts) == 2

@@ -192,3 +192,22 @@ def test_devices_gives_no_server_hint_for_a_server_address_that_refuses(tmp_path
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "PulseAudio" not in result.stdout
+
+
+def test_the_audio_landscape_changes_when_a_sound_server_starts_or_restarts(tmp_path):
+    from kwspot.devices import audio_landscape
+
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    (tmp_path / "pulse").mkdir()
+    without = audio_landscape(env)
+    assert audio_landscape(env) == without  # nothing changed
+    first = socket.socket(socket.AF_UNIX)
+    first.bind(str(tmp_path / "pulse" / "native"))
+    started = audio_landscape(env)
+    assert started != without
+    first.close()
+    (tmp_path / "pulse" / "native").unlink()
+    second = socket.socket(socket.AF_UNIX)
+    second.bind(str(tmp_path / "pulse" / "native"))  # a restarted server: same path, a new socket
+    assert audio_landscape(env) not in (without, started)
+    second.close()

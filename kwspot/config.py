@@ -44,9 +44,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+MAX_DEVICE_CHARS = 256
+
+
 def _device(key: str, value: Any) -> int | str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise KwspotError(f"config: {key} must be a device index or part of a device name, not {show(value)}")
+    """A device index, or a name (part of a PortAudio name, or a PulseAudio source name): printable text."""
+    named = isinstance(value, str) and 0 < len(value) <= MAX_DEVICE_CHARS and value.isprintable()
+    if not named and (isinstance(value, bool) or not isinstance(value, int)):
+        raise KwspotError(f"config: {key} must be a device index or part of a device name (printable, at most "
+                          f"{MAX_DEVICE_CHARS} characters), not {show(value)}")
     return value
 
 

@@ -50,6 +50,12 @@ def release_alsa_plugins() -> None:
 _asound: Any = None
 
 
+def pulse_socket_paths(env: dict[str, str]) -> list[Path]:
+    """Where a local PulseAudio (or pipewire-pulse) server puts its socket: the user's, then the system's."""
+    runtime = env.get("PULSE_RUNTIME_PATH") or (env.get("XDG_RUNTIME_DIR") and f"{env['XDG_RUNTIME_DIR']}/pulse")
+    return [*([Path(runtime, "native")] if runtime else []), Path("/run/pulse/native")]
+
+
 def audio_landscape(env: dict[str, str] | None = None) -> tuple:
     """What PortAudio would find if it started again: the ALSA device nodes and the sound servers' sockets.
 
@@ -62,12 +68,8 @@ def audio_landscape(env: dict[str, str] | None = None) -> tuple:
     except OSError:
         nodes = ()
     runtime = env.get("XDG_RUNTIME_DIR")
-    pulse_runtime = env.get("PULSE_RUNTIME_PATH") or (runtime and f"{runtime}/pulse")
-    sockets = [Path("/run/pulse/native")]
-    sockets += [Path(pulse_runtime, "native")] if pulse_runtime else []
-    sockets += [Path(runtime, "pipewire-0")] if runtime else []
     identities = []
-    for path in sockets:
+    for path in [*pulse_socket_paths(env), *([Path(runtime, "pipewire-0")] if runtime else [])]:
         try:
             stat = path.stat()
             identities.append((str(path), stat.st_ino, stat.st_mtime_ns))

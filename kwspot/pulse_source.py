@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kwspot import libpulse
+from kwspot.devices import pulse_socket_paths
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, StreamResampler
 from kwspot.sources import LiveSource
@@ -35,9 +36,7 @@ def server_reachable(env: dict[str, str] | None = None) -> bool:
             if not path.startswith("/") or Path(path).is_socket():
                 return True
         return False
-    runtime = env.get("PULSE_RUNTIME_PATH") or (env.get("XDG_RUNTIME_DIR") and f"{env['XDG_RUNTIME_DIR']}/pulse")
-    candidates = [Path(runtime, "native")] if runtime else []
-    return any(path.is_socket() for path in [*candidates, Path("/run/pulse/native")])
+    return any(path.is_socket() for path in pulse_socket_paths(env))
 
 
 def choose_backend(backend: str, device: str | int | None, env: dict[str, str] | None = None) -> str:

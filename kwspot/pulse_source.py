@@ -8,7 +8,7 @@ reachable (``audio.backend: auto``) or when asked (``pulse``).
 from __future__ import annotations
 
 import os
-import threading
+import queue
 import time
 from pathlib import Path
 
@@ -51,10 +51,12 @@ def choose_backend(backend: str, device: str | int | None, env: dict[str, str] |
 
 
 class PulseSource(LiveSource):
-    """Mono float32 from a PulseAudio/PipeWire source, read one block at a time by a reader thread.
+    """Mono float32 from a PulseAudio/PipeWire source, read one block at a time by the main loop itself.
 
-    ``device`` is a PulseAudio source name (None: the server's default source). Each connection is owned
-    by its reader thread, which frees it; a loss ends the thread and the main loop reopens with backoff.
+    ``device`` is a PulseAudio source name (None: the server's default source). No thread of kwspot's or
+    libpulse's runs between reads: the server's fragments wait in the socket until the loop asks for its
+    next block, and every read has the loop's time limit. A loss closes the stream and the loop reopens it
+    with backoff (``LiveSource``).
     """
 
     EARLY_S = 0.002  # a probe read starts this long before its block is due
@@ -66,70 +68,72 @@ class PulseSource(LiveSource):
                  max_lag_ms: int = 500) -> None:
         super().__init__(block_ms)
         self._max_lag_s = max_lag_ms / 1000
-        self._flushed = 0  # 8 kHz samples of audio waiting in the server that the reader threw away (lag)
-        self._flushed_lock = threading.Lock()
+        self._flushed = 0  # 8 kHz samples of audio waiting in the server that were thrown away (lag)
         libpulse.library()  # a one-line error now if it is missing
         self._device = str(device) if device is not None else None
         self.rate = rate or DEFAULT_RATE
-        self._reader: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._block_bytes = 4 * max(1, self.rate * block_ms // 1000)
+        self._stream: libpulse.RecordStream | None = None
         self._guarded(self._open, "connecting to the sound server")
 
     def _open(self) -> None:
-        block_bytes = 4 * max(1, self.rate * self._block_ms // 1000)
         try:
-            stream = libpulse.RecordStream(self._device, self.rate, block_bytes, self.OPEN_TIMEOUT_S)
+            stream = libpulse.RecordStream(self._device, self.rate, self._block_bytes, self.OPEN_TIMEOUT_S)
         except libpulse.PulseError as exc:
             where = f"source {self._device!r}" if self._device else "the default source"
             raise KwspotError(f"cannot capture {where} from PulseAudio/PipeWire ({exc})") from None
         self.description = f"{self._device or 'default source'} (PulseAudio/PipeWire device, {self.rate} Hz)"
         self._resampler = StreamResampler(self.rate)
-        self._stop = threading.Event()
-        self._reader = threading.Thread(
-            target=self._capture, args=(stream, block_bytes, self._stop), name="pulse-capture", daemon=True
-        )
-        self._reader.start()
+        self._stream = stream
+        self._due: float | None = None  # when the next block completes, once known
+        self._probe = True  # the next read starts early, to learn the phase
+        self._wake: float | None = None  # when the next read should start
+        self._count = 0
         self._opened()
 
-    def _capture(self, stream: libpulse.RecordStream, block_bytes: int, stop: threading.Event) -> None:
-        """Reader thread: one read a block, until stopped or the server goes.
+    def _next_block(self, timeout: float) -> np.ndarray:
+        """The next block, read when it is due.
 
         The server sends fragments as its source posts them (every 20 ms or less beside a client that asks for
-        low latency); they wait for this thread, which sleeps between reads, and most reads start just after
-        their block is complete: they return at once, one wake-up a block. The phase of the blocks is learnt
-        from reads that had to wait, which ended as their block did. A probe read, every ``PROBE_EVERY``
-        blocks, starts just before its block is due to check the phase; a probe that finds its block complete
-        already (early data, or a backlog after a stall) says nothing of the phase, so probes follow every half
-        block, which also catches up on a backlog at twice the rate of the audio, until one has to wait.
+        low latency); they wait in the socket, and most reads start just after their block is complete: they
+        return at once, one wake-up a block. The phase of the blocks is learnt from reads that had to wait,
+        which ended as their block did. A probe read, every ``PROBE_EVERY`` blocks, starts just before its
+        block is due to check the phase; a probe that finds its block complete already (early data, or a
+        backlog after a stall) says nothing of the phase, so probes follow every half block, which also
+        catches up on a backlog at twice the rate of the audio, until one has to wait.
         """
-        block_s = self._block_ms / 1000
-        due: float | None = None  # when the next block completes, once known
-        probe = True  # this read starts early, to learn the phase
-        count = 0
+        stream, now = self._stream, time.monotonic()
+        if stream is None:
+            raise queue.Empty
+        deadline = now + timeout
+        if self._wake is not None and self._wake > now:
+            time.sleep(min(self._wake, deadline) - now)  # a C call: no thread wakes before then
+            if self._wake > deadline:
+                raise queue.Empty
         try:
-            while not stop.is_set():
-                data = stream.read(block_bytes, timeout_s=block_s)
-                now = time.monotonic()
-                if data is None:  # no audio for a block (a suspended source): the main loop judges the silence
-                    due, probe = None, True
-                    continue
-                if not stop.is_set():
-                    self._push(np.frombuffer(data, dtype=np.float32))
-                count += 1
-                if stream.waited:
-                    due = now + block_s  # this block completed just now
-                elif probe:
-                    due = None  # complete before its time: phase unknown, or a backlog
-                    self._skip_backlog(stream)
-                else:
-                    due += block_s
-                probe = due is None or (count + 1) % self.PROBE_EVERY == 0
-                wake = now + block_s / 2 if due is None else due - self.EARLY_S if probe else due + self.LATE_S
-                time.sleep(max(0.0, wake - time.monotonic()))  # a C call: cheaper than an Event's wait
+            data = stream.read(self._block_bytes, max(0.0, deadline - time.monotonic()))
         except libpulse.PulseError:
-            pass  # the main loop sees the thread gone and reopens
-        finally:
-            stream.close()
+            self._stop_stream()  # the server went away: the loop sees the stream gone and reopens
+            raise queue.Empty from None
+        now = time.monotonic()
+        if data is None:  # no audio in the time given (a suspended source): the loop judges the silence
+            self._due, self._probe, self._wake = None, True, None
+            raise queue.Empty
+        self._count += 1
+        block_s = self._block_ms / 1000
+        if stream.waited:
+            self._due = now + block_s  # this block completed just now
+        elif self._probe:
+            self._due = None  # complete before its time: phase unknown, or a backlog
+            self._skip_backlog(stream)
+        else:
+            self._due += block_s
+        self._probe = self._due is None or (self._count + 1) % self.PROBE_EVERY == 0
+        if self._due is None:
+            self._wake = now + block_s / 2
+        else:
+            self._wake = self._due - self.EARLY_S if self._probe else self._due + self.LATE_S
+        return np.frombuffer(data, dtype=np.float32)
 
     def _skip_backlog(self, stream: libpulse.RecordStream) -> None:
         """Audio piled up in the server (kwspot was stopped or starved): past ``max_lag_ms``, throw it away there
@@ -138,26 +142,23 @@ class PulseSource(LiveSource):
             waiting_s = stream.latency_s()
             if waiting_s > self._max_lag_s:
                 stream.flush()
-                with self._flushed_lock:
-                    self._flushed += round(waiting_s * SAMPLE_RATE)
+                self._flushed += round(waiting_s * SAMPLE_RATE)
         except libpulse.PulseError:
-            pass  # no figure: the backlog drains at twice real time, as before
+            pass  # no figure: the backlog drains at twice real time
 
     def backlog_samples(self) -> int:
-        """Audio waiting in the queue, and audio thrown away in the server not yet accounted for."""
-        return super().backlog_samples() + self._flushed
+        """Audio thrown away in the server not yet accounted for (nothing else waits in kwspot)."""
+        return self._flushed
 
     def drain(self) -> int:
-        with self._flushed_lock:
-            flushed, self._flushed = self._flushed, 0
-        return super().drain() + flushed
+        flushed, self._flushed = self._flushed, 0
+        return flushed
 
     def _alive(self) -> bool:
-        return self._reader is not None and self._reader.is_alive()
+        return self._stream is not None
 
     def _stop_stream(self) -> None:
-        """Stop the reader: it frees its connection after its current read (at most a block)."""
-        self._stop.set()
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.join(timeout=2 * self._block_ms / 1000 + 1.0)
+        """Disconnect (no call waits for the server)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()

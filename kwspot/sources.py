@@ -150,7 +150,8 @@ class AudioSystemHung(KwspotError):
 
 
 class LiveSource(Source):
-    """A live input whose producer thread only puts blocks into a queue; the main loop reads them.
+    """A live input whose producer thread only puts blocks into a queue; the main loop reads them (a subclass
+    whose reads have time limits of their own may instead read in the loop: ``_next_block``).
 
     A subclass opens its stream in ``_open`` (setting ``rate``, ``description`` and ``_resampler``) and
     hands each captured block to ``_push``. If the stream dies or stops delivering audio, ``read`` closes it
@@ -188,6 +189,10 @@ class LiveSource(Source):
 
     def _open(self) -> None:
         raise NotImplementedError
+
+    def _next_block(self, timeout: float) -> np.ndarray:
+        """The next captured block; queue.Empty if none came within ``timeout``."""
+        return self._queue.get(timeout=timeout)
 
     def _alive(self) -> bool:
         """Whether the stream still runs (it may be alive and silent: see STALL_S)."""
@@ -240,7 +245,7 @@ class LiveSource(Source):
         if not self._open_now:
             return self._retry(timeout)
         try:
-            block = self._queue.get(timeout=timeout)
+            block = self._next_block(timeout)
         except queue.Empty:
             alive = self._alive()
             if not alive or time.monotonic() - self._last_audio > self.STALL_S:

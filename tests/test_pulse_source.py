@@ -151,7 +151,7 @@ def test_a_backlog_past_max_lag_is_thrown_away_in_the_server_and_counted(fake_li
     server = fake_libpulse(fragment_s=0.02, backlog_s=1.5)  # kwspot was stopped for 1.5 s
     source = PulseSource(block_ms=100, max_lag_ms=500)
     try:
-        time.sleep(0.5)
+        source.read(0.25)  # the first read finds its block there: a probe, which asks how much waits
         assert source.backlog_samples() >= 8000  # 1.5 s at 8 kHz counted ...
         assert source.drain() >= 8000 and source.backlog_samples() < 4000  # ... and handed to the main loop once
     finally:
@@ -159,16 +159,18 @@ def test_a_backlog_past_max_lag_is_thrown_away_in_the_server_and_counted(fake_li
     assert server.flushed >= 48000  # thrown away in the server: at least a second at 48 kHz
 
 
-def test_the_reader_reads_once_a_block_beside_short_fragments_and_catches_up_a_backlog(fake_libpulse):
-    """Fragments every 20 ms must not wake the reader five times a block (most reads start just after their
+def test_pulse_capture_reads_once_a_block_beside_short_fragments_and_catches_up_a_backlog(fake_libpulse):
+    """Fragments every 20 ms must not wake the loop five times a block (most reads start just after their
     block is complete and do not wait at all); audio waiting at the start (as after a stall) is read faster
-    than real time until the reader is back at the present."""
+    than real time until reading is back at the present."""
     from kwspot.pulse_source import PulseSource
 
     server = fake_libpulse(fragment_s=0.02, backlog_s=0.4)  # under max_lag_ms: read, not thrown away
     source = PulseSource(block_ms=100)
     try:
-        time.sleep(2.0)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            source.read(0.25)  # as the listen loop does
     finally:
         source.close()
     assert server.flushed == 0

@@ -73,7 +73,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def run_listen(args: argparse.Namespace) -> int:
-    from kwspot.listen import Listener, ListenRequest
+    from kwspot.listen import Listener, ListenRequest, StoppedDuringStart
     from kwspot.logs import setup_logging
     from kwspot.settings import listen_flags, resolve
 
@@ -85,7 +85,11 @@ def run_listen(args: argparse.Namespace) -> int:
     log.debug("config: %s", path or "built-in defaults")
     request = ListenRequest(input=args.input, fast=args.fast, stdin_rate=args.rate or 16000,
                             config_path=args.config, flags=flags)
-    return Listener(request, settings, path).run()
+    try:
+        listener = Listener(request, settings, path)
+    except StoppedDuringStart as stop:
+        return stop.code
+    return listener.run()
 
 
 def run_devices(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from kwspot.errors import KwspotError
 
 PA_CONTEXT_NOAUTOSPAWN = 0x1  # never start a server (under systemd none belongs)
 PA_STREAM_ADJUST_LATENCY = 0x2000  # the source's latency follows fragsize
+PA_STREAM_DONT_MOVE = 0x0200  # a named source only: if it goes, the stream ends (not moved to another source)
 PA_SAMPLE_FLOAT32LE = 5
 CONTEXT_READY, CONTEXT_FAILED, CONTEXT_TERMINATED = 4, 5, 6
 STREAM_READY, STREAM_FAILED, STREAM_TERMINATED = 2, 3, 4
@@ -171,7 +172,8 @@ class RecordStream(Connection):
                 raise self._error()
             attr = _BufferAttr(DEFAULT, DEFAULT, DEFAULT, DEFAULT, fragment_bytes)
             target = device.encode() if device is not None else None
-            if lib.pa_stream_connect_record(self._stream, target, ctypes.byref(attr), PA_STREAM_ADJUST_LATENCY) < 0:
+            flags = PA_STREAM_ADJUST_LATENCY | (PA_STREAM_DONT_MOVE if device is not None else 0)
+            if lib.pa_stream_connect_record(self._stream, target, ctypes.byref(attr), flags) < 0:
                 raise self._error()
             self._turn_until(lambda: lib.pa_stream_get_state(self._stream) == STREAM_READY, deadline)
         except BaseException:

@@ -129,6 +129,14 @@ def release_startup_memory() -> None:
         pass
 
 
+class StoppedDuringStart(Exception):
+    """SIGINT/SIGTERM came while the input was being opened, and the open failed: leave quietly."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class Listener:
     """One listening session: holds the source, pipeline, sinks and counters."""
 
@@ -147,7 +155,12 @@ class Listener:
                             detector_settings(settings, self.model, request.cli_threshold, self._where))
         self.pipeline = Pipeline(self.model, detector, hop_s=settings["detector"]["hop_ms"] / 1000,
                                  verifier=load_verifier(settings, self.model))
-        self.source = open_source(request, settings)
+        try:
+            self.source = open_source(request, settings)
+        except KwspotError:
+            if self._stop:  # asked to stop while the input was opening (a server that never answers): not an error
+                raise StoppedDuringStart(128 + signal.SIGINT if self._interrupted_start else 0) from None
+            raise
         self._sink_context = SinkContext(
             self.source.description, sys.stdout is not None and sys.stdout.isatty(), model=self.model.name,
             model_version=self.model.version, keywords=self.model.keywords,

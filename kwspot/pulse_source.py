@@ -7,6 +7,7 @@ reachable (``audio.backend: auto``) or when asked (``pulse``).
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import time
@@ -19,6 +20,8 @@ from kwspot.devices import pulse_socket_paths
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, StreamResampler
 from kwspot.sources import LiveSource
+
+log = logging.getLogger("kwspot")
 
 DEFAULT_RATE = 48000  # PipeWire's and most cards' own rate: the server need not resample
 
@@ -63,6 +66,7 @@ class PulseSource(LiveSource):
     LATE_S = 0.004  # any other read starts this long after, when its block is already there
     PROBE_EVERY = 20  # blocks between probe reads (the clocks of the card and of this machine drift apart)
     OPEN_TIMEOUT_S = 4.0  # the server must accept the stream in this time (under LiveSource.CALL_TIMEOUT_S)
+    SILENT_REOPEN_S = 60.0  # a stream silent this long is reopened all the same (one that broke without a word)
 
     def __init__(self, device: str | None = None, rate: int | None = None, block_ms: int = 100,
                  max_lag_ms: int = 500) -> None:
@@ -156,6 +160,19 @@ class PulseSource(LiveSource):
 
     def _alive(self) -> bool:
         return self._stream is not None
+
+    def _wait_for_audio(self) -> bool:
+        """A silent stream (a suspended source, a frozen server) costs nothing and resumes by itself when its
+        source runs again: keep it, rather than reopen with backoff and miss the first words after it."""
+        silent_s = time.monotonic() - self._last_audio
+        if silent_s > self.SILENT_REOPEN_S:
+            self._waiting = False
+            return False
+        if not self._waiting:
+            self._waiting = True
+            log.warning("audio input silent for %.0f s (source suspended or sound server not answering); "
+                        "waiting for it", silent_s)
+        return True
 
     def _stop_stream(self) -> None:
         """Disconnect (no call waits for the server)."""

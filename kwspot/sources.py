@@ -162,7 +162,7 @@ class LiveSource(Source):
 
     STALL_S = 2.0  # no audio for this long means the stream is dead
     FIRST_AUDIO_S = 5.0  # a stream just opened may take longer (a sound server starting up)
-    SILENT_AGAIN_S = 1.0  # ... but after an open that stayed silent, this (PortAudio spins a core while it waits)
+    SILENT_AGAIN_S = FIRST_AUDIO_S  # ... and after an open that stayed silent (MicSource: less)
     FIRST_BACKOFF_S = 1.0
     MAX_BACKOFF_S = 30.0
     CALL_TIMEOUT_S = 5.0
@@ -181,6 +181,7 @@ class LiveSource(Source):
         self._open_now = False
         self._delivered = False
         self._silent_open = False  # the last stream opened never gave audio (a suspended source)
+        self._waiting = False  # silent, but the stream is kept open and waited for (``_wait_for_audio``)
         self._grace = self.FIRST_AUDIO_S  # how long the stream now open may take to give its first audio
         self._last_audio = time.monotonic()
         self._last_read = self._last_audio  # when the main loop last asked for audio
@@ -248,6 +249,8 @@ class LiveSource(Source):
             block = self._next_block(timeout)
         except queue.Empty:
             alive = self._alive()
+            if alive and time.monotonic() - self._last_audio > self.STALL_S and self._wait_for_audio():
+                return EMPTY
             if not alive or time.monotonic() - self._last_audio > self.STALL_S:
                 silent_s = self.STALL_S if self._delivered else self._grace
                 reason = "stream stopped" if not alive else f"no audio for {silent_s:g} s"
@@ -262,15 +265,24 @@ class LiveSource(Source):
                     self._retry_at = time.monotonic()
             return EMPTY
         self._last_audio = time.monotonic()
+        if self._waiting:
+            self._waiting = False
+            log.info("audio input back: %s", self.description)
         self._delivered = True
         self._silent_open = False
         self._backoff = self.FIRST_BACKOFF_S
         return self._resampler.process(to_mono(block))
 
+    def _wait_for_audio(self) -> bool:
+        """Silent for STALL_S: True to keep the stream open and wait (no call of it can hang), False to close it
+        and reopen (the default: a dead stream may never say so)."""
+        return False
+
     @property
     def reconnecting(self) -> bool:
-        """Closed after a loss, trying again with backoff (the loop still turns: not a hang)."""
-        return not self._open_now
+        """Closed after a loss and trying again with backoff, or waiting for a silent stream (the loop still
+        turns: not a hang)."""
+        return not self._open_now or self._waiting
 
     def _retry(self, timeout: float) -> np.ndarray:
         wait = self._retry_at - time.monotonic()
@@ -301,6 +313,19 @@ class LiveSource(Source):
         self._close_stream()
 
 
+def wait_awake(done: threading.Event, timeout_s: float, slice_s: float = 0.25) -> bool:
+    """Wait for ``done`` up to ``timeout_s`` of time this process was running: a stretch it spent stopped
+    (SIGSTOP, a frozen cgroup, a starved machine) does not count, since the call waited for did not run either."""
+    counted = 0.0
+    while counted < timeout_s:
+        wait_s = min(slice_s, timeout_s - counted)
+        started = time.monotonic()
+        if done.wait(wait_s):
+            return True
+        counted += min(time.monotonic() - started, wait_s + 0.05)
+    return done.is_set()
+
+
 def guarded(call: Callable[[], T], what: str, timeout_s: float = LiveSource.CALL_TIMEOUT_S) -> T:
     """``call()`` in a worker thread: its result, its exception, or AudioSystemHung after ``timeout_s``.
 
@@ -324,7 +349,7 @@ def guarded(call: Callable[[], T], what: str, timeout_s: float = LiveSource.CALL
     stderr = os.dup(2)  # sounddevice points fd 2 at /dev/null while PortAudio starts: a hang there would keep it
     try:
         threading.Thread(target=run, name="audio-call", daemon=True).start()
-        finished = done.wait(timeout_s)
+        finished = wait_awake(done, timeout_s)
         if not finished:
             os.dup2(stderr, 2)  # so that the one-line error below is seen
     finally:
@@ -345,6 +370,8 @@ class MicSource(LiveSource):
 
     The device is opened at its own default rate (or ``rate``) and resampled here, in the main loop.
     """
+
+    SILENT_AGAIN_S = 2.5  # a silent stream makes PortAudio's capture thread spin a core: wait less once seen
 
     def __init__(self, device: int | str | None = None, rate: int | None = None, block_ms: int = 100) -> None:
         super().__init__(block_ms)

@@ -346,3 +346,27 @@ def test_a_retry_restarts_portaudio_only_when_devices_or_servers_changed(fake_sd
     FakeStream.fail_open = False
     read_until(mic, lambda b: mic.reconnects == 1)
     assert len(restarts) == 2
+
+
+def test_time_kwspot_spends_stopped_does_not_count_against_a_sound_system_call(tmp_path):
+    """SIGSTOP (or a starved machine) while a guarded call runs: the call did not run either, so its time
+    limit must not run out; it used to end the daemon with a false 'audio system hung'."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, time; from kwspot.sources import guarded\n"
+              "def call():\n"
+              "    print('started', flush=True)\n"
+              "    for _ in range(20): time.sleep(0.05)  # 1 s of its own time: a stop does not shorten it\n"
+              "    return 'done'\n"
+              "print(guarded(call, 'a slow call', 2.0))\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=os.getcwd())
+    assert child.stdout.readline().strip() == "started"
+    time.sleep(0.3)
+    child.send_signal(signal.SIGSTOP)
+    time.sleep(2.5)  # longer than the whole limit
+    child.send_signal(signal.SIGCONT)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0 and out.strip() == "done", err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -76,8 +77,10 @@ class FakeServer:
         self.fragment_s, self.backlog_s, self.rate = fragment_s, backlog_s, rate
         self.reads: list[tuple[float, bool]] = []  # (time the read returned, whether it waited)
         self.flushed = 0  # frames thrown away by flush()
+        self.opens = 0  # streams opened
 
     def __call__(self, device: str | None, rate: int, fragment_bytes: int, timeout_s: float):
+        self.opens += 1
         server, start = self, time.monotonic() - self.backlog_s
         self.start = start
 
@@ -213,3 +216,44 @@ def test_the_audio_landscape_changes_when_a_sound_server_starts_or_restarts(tmp_
     second.bind(str(tmp_path / "pulse" / "native"))  # a restarted server: same path, a new socket
     assert audio_landscape(env) not in (without, started)
     second.close()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_stop_while_the_server_does_not_answer_at_start_up_is_a_quiet_exit(signum, code):
+    """The open waits up to its time limit for a server that accepts but never answers; a stop asked for
+    meanwhile is a stop, not a capture error."""
+    with socket.socket() as black_hole:  # accepts connections (the kernel's backlog), never answers
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(8)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+        env = {**base, "KWSPOT_CONFIG": "", "PULSE_SERVER": f"tcp:127.0.0.1:{black_hole.getsockname()[1]}"}
+        daemon = subprocess.Popen(kwspot_cmd("listen", "--backend", "pulse", "--format", "jsonl"), env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)  # imports done, the open under way
+        daemon.send_signal(signum)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == code, err
+    assert "error" not in err and "Traceback" not in err, err
+
+
+def test_a_silent_stream_is_kept_and_only_reopened_after_a_long_silence(fake_libpulse, monkeypatch, caplog):
+    from kwspot.pulse_source import PulseSource
+
+    server = fake_libpulse(fragment_s=3600.0)  # a source that gives nothing (suspended)
+    monkeypatch.setattr(PulseSource, "STALL_S", 0.5)
+    monkeypatch.setattr(PulseSource, "FIRST_AUDIO_S", 0.5)
+    monkeypatch.setattr(PulseSource, "SILENT_REOPEN_S", 1.5)
+    monkeypatch.setattr(PulseSource, "FIRST_BACKOFF_S", 0.1)
+    source = PulseSource(block_ms=100)
+    try:
+        deadline = time.monotonic() + 1.2
+        while time.monotonic() < deadline:
+            source.read(0.1)
+        assert server.opens == 1 and source.reconnecting  # waited for, on its one stream (and the watchdog fed)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            source.read(0.1)
+        assert server.opens == 2  # reopened once it was silent for SILENT_REOPEN_S
+    finally:
+        source.close()
+    assert "waiting for it" in caplog.text

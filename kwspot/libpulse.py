@@ -22,7 +22,6 @@ PA_SAMPLE_FLOAT32LE = 5
 CONTEXT_READY, CONTEXT_FAILED, CONTEXT_TERMINATED = 4, 5, 6
 STREAM_READY, STREAM_FAILED, STREAM_TERMINATED = 2, 3, 4
 OPERATION_RUNNING = 0
-NO_SIZE = ctypes.c_size_t(-1).value  # pa_stream_readable_size's error value
 DEFAULT = 0xFFFFFFFF  # (uint32_t) -1: the server's default for a buffer attribute
 
 _P = ctypes.c_void_p
@@ -57,7 +56,6 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {  # name -> (restype, arg
     "pa_stream_new": (_P, [_P, ctypes.c_char_p, ctypes.POINTER(_SampleSpec), _P]),
     "pa_stream_connect_record": (ctypes.c_int, [_P, ctypes.c_char_p, ctypes.POINTER(_BufferAttr), ctypes.c_int]),
     "pa_stream_get_state": (ctypes.c_int, [_P]),
-    "pa_stream_readable_size": (ctypes.c_size_t, [_P]),
     "pa_stream_peek": (ctypes.c_int, [_P, ctypes.POINTER(_P), ctypes.POINTER(ctypes.c_size_t)]),
     "pa_stream_drop": (ctypes.c_int, [_P]),
     "pa_stream_update_timing_info": (_P, [_P, _P, _P]),
@@ -164,6 +162,8 @@ class RecordStream(Connection):
         self._buffer = bytearray()  # audio taken from libpulse, not yet handed out
         self._bytes_per_s = 4 * rate
         self.waited = False  # whether the last read had to wait for its block
+        self._data, self._size = _P(), ctypes.c_size_t()  # pa_stream_peek's answers, made once
+        self._data_ref, self._size_ref = ctypes.byref(self._data), ctypes.byref(self._size)
         lib = self._lib
         try:
             spec = _SampleSpec(PA_SAMPLE_FLOAT32LE, rate, 1)
@@ -181,22 +181,29 @@ class RecordStream(Connection):
             raise
 
     def _take(self) -> None:
-        """Dispatch what arrived, without waiting, and move the audio libpulse holds into the buffer."""
-        lib = self._lib
+        """Dispatch what arrived, without waiting, and move the audio libpulse holds into the buffer.
+
+        Run once a block on cold caches, so it makes few calls: no readable-size query (a peek of nothing
+        says so), no state check while audio comes (a failed stream's peek fails)."""
+        lib, stream = self._lib, self._stream
         while (dispatched := lib.pa_mainloop_iterate(self._mainloop, 0, None)) > 0:
             pass
         if dispatched < 0:
             raise PulseError("libpulse main loop failed")
-        self._check()
-        data, size = _P(), ctypes.c_size_t()
-        while (readable := lib.pa_stream_readable_size(self._stream)) and readable != NO_SIZE:
-            if lib.pa_stream_peek(self._stream, ctypes.byref(data), ctypes.byref(size)) < 0:
+        peek, drop, data, size = lib.pa_stream_peek, lib.pa_stream_drop, self._data, self._size
+        took = False
+        while True:
+            if peek(stream, self._data_ref, self._size_ref) < 0:
+                self._check()
                 raise self._error()
             if not size.value:
                 break
             # no data with a size is a hole in the stream (audio lost in the server): silence in its place
             self._buffer += ctypes.string_at(data.value, size.value) if data.value else bytes(size.value)
-            lib.pa_stream_drop(self._stream)
+            drop(stream)
+            took = True
+        if not took:
+            self._check()
 
     def read(self, nbytes: int, timeout_s: float) -> bytes | None:
         """The next ``nbytes`` of audio, waiting up to ``timeout_s`` for them (None if they did not come)."""

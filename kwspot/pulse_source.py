@@ -166,7 +166,6 @@ class PulseSource(LiveSource):
         source runs again: keep it, rather than reopen with backoff and miss the first words after it."""
         silent_s = time.monotonic() - self._last_audio
         if silent_s > self.SILENT_REOPEN_S:
-            self._waiting = False
             return False
         if not self._waiting:
             self._waiting = True

@@ -249,9 +249,10 @@ class LiveSource(Source):
             block = self._next_block(timeout)
         except queue.Empty:
             alive = self._alive()
-            if alive and time.monotonic() - self._last_audio > self.STALL_S and self._wait_for_audio():
+            stalled = time.monotonic() - self._last_audio > self.STALL_S
+            if alive and stalled and self._wait_for_audio():
                 return EMPTY
-            if not alive or time.monotonic() - self._last_audio > self.STALL_S:
+            if not alive or stalled:
                 silent_s = self.STALL_S if self._delivered else self._grace
                 reason = "stream stopped" if not alive else f"no audio for {silent_s:g} s"
                 self._close_stream()
@@ -304,6 +305,7 @@ class LiveSource(Source):
 
     def _close_stream(self) -> None:
         was_open, self._open_now = self._open_now, False
+        self._waiting = False  # the wait was for this stream
         if was_open and not LiveSource.hung:
             self._guarded(self._stop_stream, "closing the input stream")
         while not self._queue.empty():

@@ -257,3 +257,50 @@ def test_a_silent_stream_is_kept_and_only_reopened_after_a_long_silence(fake_lib
     finally:
         source.close()
     assert "waiting for it" in caplog.text
+
+
+def test_a_stream_lost_while_waited_for_says_it_is_back_once(monkeypatch, caplog):
+    """Waiting for a silent stream, then the server goes: the reopen says 'audio input back', and the first
+    audio of the new stream must not say it again (the wait belonged to the stream that went)."""
+    from kwspot import libpulse
+    from kwspot.pulse_source import PulseSource
+
+    class Stream:
+        state = "silent"  # silent -> fails -> audio
+        waited = True
+
+        def __init__(self, *args) -> None:
+            pass
+
+        def read(self, n: int, timeout_s: float) -> bytes | None:
+            if Stream.state == "fails":
+                Stream.state = "audio"
+                raise libpulse.PulseError("Connection terminated")
+            if Stream.state == "silent":
+                time.sleep(timeout_s)
+                return None
+            time.sleep(0.01)
+            return bytes(n)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(libpulse, "RecordStream", Stream)
+    monkeypatch.setattr(libpulse, "library", lambda: None)
+    monkeypatch.setattr(PulseSource, "STALL_S", 0.3)
+    monkeypatch.setattr(PulseSource, "FIRST_AUDIO_S", 0.3)
+    monkeypatch.setattr(PulseSource, "FIRST_BACKOFF_S", 0.05)
+    caplog.set_level("INFO", logger="kwspot")
+    source = PulseSource(block_ms=100)
+    try:
+        deadline = time.monotonic() + 5.0
+        while "waiting for it" not in caplog.text and time.monotonic() < deadline:
+            source.read(0.1)
+        Stream.state = "fails"
+        got = 0
+        while got < 5 and time.monotonic() < deadline:
+            got += source.read(0.1).size > 0
+    finally:
+        source.close()
+    assert "waiting for it" in caplog.text and got == 5, caplog.text
+    assert caplog.text.count("audio input back") == 1, caplog.text

@@ -169,6 +169,20 @@ def test_litert_export_matches_keras(arch: str):
 
 
 @pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
+@pytest.mark.parametrize("arch", ["default", "dstcn"])
+def test_width_multiplies_the_channels_and_roughly_squares_the_cost(arch: str):
+    from kwspot.train import models
+
+    base, wide = models.build(arch, seed=0), models.build(arch, seed=0, width=2.0)
+    assert {layer.filters for layer in wide.layers if hasattr(layer, "filters")} == {
+        2 * layer.filters for layer in base.layers if hasattr(layer, "filters")}
+    ratio = models.count_macs(wide)["network"] / models.count_macs(base)["network"]
+    assert 3.0 < ratio < 4.2
+    with pytest.raises(ValueError, match="workshop"):
+        models.build("workshop", width=1.5)
+
+
+@pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
 def test_train_one_epoch_end_to_end(tiny_data: Path, tiny_negatives: Path, tmp_path: Path):
     from kwspot.model import Model
     from kwspot.train import command
@@ -264,6 +278,18 @@ def test_a_bad_output_stem_fails_before_any_work(out, needle, tmp_path, capsys, 
     assert main(["train", "--data", str(tmp_path / "not-even-scanned"), "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err, err
+
+
+def test_a_width_for_the_workshop_architecture_is_one_line_before_any_work(tmp_path, capsys):
+    from kwspot.cli import main
+
+    args = ["train", "--data", str(tmp_path / "not-even-scanned"), "--out", str(tmp_path / "m")]
+    assert main([*args, "--arch", "workshop", "--width", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--width" in err and "workshop" in err, err
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--width", "0.1"])
+    assert stop.value.code == 2 and "--width" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["npz", "object array", "float windows", "text"])

@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keywords", type=keyword_list, default=KEYWORDS, metavar="WORD,...",
                         help="the words the model fires on: word folders of --data (default: the ten commands)")
     parser.add_argument("--arch", default="default", choices=sorted(ARCH_DEFAULTS))
+    parser.add_argument("--width", type=Number(0.25, 8.0), default=1.0, metavar="W",
+                        help="channels times W (default and dstcn architectures): capacity at about W^2 the cost")
     parser.add_argument("--epochs", type=Number(1, 100000, integer=True), default=40)
     parser.add_argument("--seed", type=Number(0, 2**32 - 1, integer=True), default=0)
     parser.add_argument("--batch", type=Number(1, 65536, integer=True), default=None,
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from kwspot.train import require_tensorflow
 
     _check_out(args.out)  # bad input fails fast, before TensorFlow loads and long before the model is written
+    if args.arch == "workshop" and args.width != 1.0:
+        raise KwspotError("--width: the workshop architecture has one width (use --arch default or dstcn)")
     writable_cache(args.cache)
     data = scan(args.data, keywords=args.keywords)
     if data.missing_keywords():
@@ -154,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"validation set: {len(val[1])} windows; speech files {len(train_src.speech)} train, "
                   f"{len(val_src.speech)} validation")
 
-    model = models.build(args.arch, seed=args.seed, specaugment=args.specaugment, n_labels=len(data.labels))
+    model = models.build(args.arch, seed=args.seed, specaugment=args.specaugment, n_labels=len(data.labels),
+                         width=args.width)
     rng = np.random.default_rng(args.seed + 1)
     plan = epoch_plan(train_src, aug, rng)[:2048]
     models.set_normalisation(model, [make_batch(train_src, plan[i : i + 256], aug, rng)[0]

@@ -85,19 +85,23 @@ def specmask_layer_class() -> type:
     return SpecMask
 
 
-def build(arch: str, seed: int = 0, specaugment: bool = False, n_labels: int = len(LABELS)) -> Any:
+def build(arch: str, seed: int = 0, specaugment: bool = False, n_labels: int = len(LABELS),
+          width: float = 1.0) -> Any:
     """A Keras model for ``arch`` with ``n_labels`` outputs; ``specaugment`` masks log-mel bands and frames
-    while training (default arch)."""
+    while training; ``width`` multiplies the channels of the log-mel architectures (capacity, at about
+    ``width`` squared the MACs)."""
     require_tensorflow()
     import keras
 
     keras.utils.set_random_seed(seed)
     if arch == "workshop":
+        if width != 1.0:
+            raise ValueError("the workshop architecture has one width")
         return _workshop(keras, n_labels)
     if arch == "default":
-        return _default(keras, n_labels, specaugment, seed)
+        return _default(keras, n_labels, specaugment, seed, width)
     if arch == "dstcn":
-        return _dstcn(keras, n_labels, specaugment, seed)
+        return _dstcn(keras, n_labels, specaugment, seed, width)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
 
 
@@ -128,30 +132,38 @@ def _log_mel_model(keras: Any, name: str, body: Any, n_labels: int, specaugment:
     return keras.Model(inp, out, name=name)
 
 
-def _default(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0) -> Any:
+def _default(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0, width: float = 1.0) -> Any:
+    narrow, wide = _channels(96, width), _channels(128, width)
+
     def body(layers: Any, x: Any) -> Any:
-        x = _conv_bn(layers, x, 96, 5, stride=2)
-        x = _residual(layers, x, 96, 1)
-        x = _conv_bn(layers, x, 128, 3, stride=2)
-        x = _residual(layers, x, 128, 1)
-        return _residual(layers, x, 128, 2)
+        x = _conv_bn(layers, x, narrow, 5, stride=2)
+        x = _residual(layers, x, narrow, 1)
+        x = _conv_bn(layers, x, wide, 3, stride=2)
+        x = _residual(layers, x, wide, 1)
+        return _residual(layers, x, wide, 2)
 
     return _log_mel_model(keras, "default", body, n_labels, specaugment, seed)
 
 
-def _dstcn(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0) -> Any:
+def _dstcn(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0, width: float = 1.0) -> Any:
     """Eight depthwise-separable residual blocks, dilations 1-8 twice: ~1.2 s of context in 8 M MACs."""
+    channels = _channels(128, width)
 
     def body(layers: Any, x: Any) -> Any:
-        x = _conv_bn(layers, x, 128, 5, stride=2)
+        x = _conv_bn(layers, x, channels, 5, stride=2)
         for dilation in (1, 2, 4, 8, 1, 2, 4, 8):
             y = layers.DepthwiseConv1D(5, dilation_rate=dilation, padding="same", use_bias=False)(x)
             y = layers.ReLU()(layers.BatchNormalization()(y))
-            y = _conv_bn(layers, y, 128, 1, relu=False)
+            y = _conv_bn(layers, y, channels, 1, relu=False)
             x = layers.ReLU()(layers.Add()([x, y]))
         return x
 
     return _log_mel_model(keras, "dstcn", body, n_labels, specaugment, seed)
+
+
+def _channels(base: int, width: float) -> int:
+    """``base`` channels times ``width``, rounded to a multiple of 8 (at least 8)."""
+    return max(8, int(round(base * width / 8)) * 8)
 
 
 def _conv_bn(layers: Any, x: Any, filters: int, kernel: int, stride: int = 1, dilation: int = 1, relu: bool = True):

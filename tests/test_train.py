@@ -341,3 +341,20 @@ def test_ctrl_c_keeps_the_best_epoch_so_far(tiny_data: Path, tmp_path: Path, mon
         best = run()
         assert best["interrupted"] and best["epochs_run"] == 2 and 1 <= best["epoch"] <= 2
         assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header and the two finished epochs
+
+
+@pytest.mark.parametrize("text,expected", [("0,25", (0.0, 25.0)), ("-5,25", (-5.0, 25.0)), ("10,10", (10.0, 10.0))])
+def test_snr_range_is_low_then_high_in_decibels(text: str, expected: tuple[float, float]):
+    from kwspot.train.command import db_range
+
+    assert db_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["25,0", "5", "a,b", "-40,0", "0,nan", "0,inf", "1,2,3"])
+def test_a_bad_snr_range_is_refused_with_what_was_given(text: str):
+    import argparse
+
+    from kwspot.train.command import db_range
+
+    with pytest.raises(argparse.ArgumentTypeError, match="LOW"):
+        db_range(text)

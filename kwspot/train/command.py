@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--specaugment", action="store_true", help="mask log-mel bands and frames while training")
     parser.add_argument("--noise-prob", type=Number(0.0, 1.0), default=0.8,
                         help="share of examples mixed with background noise")
+    parser.add_argument("--snr-db", type=db_range, default=(0.0, 25.0), metavar="LOW,HIGH",
+                        help="signal-to-noise ratios (dB) the background noise is mixed at, drawn uniformly "
+                             "(default 0,25)")
     parser.add_argument("--unknown-ratio", type=Number(0.0, 100.0), default=2.0,
                         help="_unknown_ examples per epoch, relative to one keyword class")
     parser.add_argument("--max-minutes", type=Number(0.0, 525600.0), default=0.0,
@@ -90,6 +93,17 @@ def keyword_list(text: str) -> tuple[str, ...]:
     if bad or len(set(words)) != len(words):
         raise argparse.ArgumentTypeError(f"expected distinct word folder names such as eight,stop, not {text[:60]!r}")
     return words
+
+
+def db_range(text: str) -> tuple[float, float]:
+    """``--snr-db -5,25`` -> (-5.0, 25.0): two numbers in -30..60 dB, the first not above the second."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in dB such as 0,25, not {text[:40]!r}") from None
+    if not (-30.0 <= low <= high <= 60.0):
+        raise argparse.ArgumentTypeError(f"expected -30 <= LOW <= HIGH <= 60 dB, not {text[:40]!r}")
+    return low, high
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     arch = ARCH_DEFAULTS[args.arch]
     aug = AugmentSettings(noise_prob=args.noise_prob, unknown_ratio=args.unknown_ratio,
                           fragments=not args.no_fragments, balance_words=args.balance_words,
-                          channel_prob=args.channel_aug, babble_prob=args.babble)
+                          channel_prob=args.channel_aug, babble_prob=args.babble, snr_db=args.snr_db)
     settings = LoopSettings(epochs=args.epochs, batch=args.batch or arch["batch"], lr=args.lr or arch["lr"],
                             patience=args.patience, seed=args.seed, max_minutes=args.max_minutes)
     console.print(f"[bold]{args.data}[/]: " + ", ".join(f"{s} {len(data.clips[s])}" for s in data.clips))

@@ -37,7 +37,7 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return audio.mean(axis=1, dtype=np.float32)
 
 
-def resample(audio: np.ndarray, rate: int, to: int = SAMPLE_RATE) -> np.ndarray:
+def resample(audio: np.ndarray, rate: float, to: float = SAMPLE_RATE) -> np.ndarray:
     """Resample mono float32 audio from ``rate`` to ``to`` (8 kHz unless told) in one go."""
     audio = np.asarray(audio, dtype=np.float32)
     if rate == to or audio.size == 0:

@@ -133,6 +133,42 @@ def test_epoch_plan_balances_classes_and_batches_are_windows(tiny_data: Path, tm
     np.testing.assert_array_equal(y, plan[:32, 2])
 
 
+def test_at_speed_changes_tempo_and_pitch_together_and_moves_the_bounds():
+    from kwspot.train.augment import at_speed
+
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    clip = np.where((t >= 0.25) & (t < 0.75), 0.3 * np.sin(2 * np.pi * 1000 * t), 0).astype(np.float32)
+    for speed in (0.85, 1.15):
+        out, s, e = at_speed(clip, 2000, 6000, speed)
+        assert abs(len(out) - SAMPLE_RATE / speed) <= 2
+        assert abs(s - 2000 / speed) <= 1 and abs(e - 6000 / speed) <= 1
+        spoken = out[s + 200 : e - 200]
+        peak_hz = np.argmax(np.abs(np.fft.rfft(spoken))) * SAMPLE_RATE / len(spoken)
+        assert abs(peak_hz - 1000 * speed) < 15
+        assert np.abs(out[: s - 100]).max() < 0.01 and np.abs(out[e + 100 :]).max() < 0.01
+    out, s, e = at_speed(np.ones(SAMPLE_RATE, np.float32) * 0.1, 0, SAMPLE_RATE, 0.8)  # slowed past a second
+    assert e - s == SAMPLE_RATE
+
+
+@pytest.mark.parametrize("speed", [0.0, 1.0])
+def test_speed_keeps_the_spoken_part_whole_inside_the_window(speed: float):
+    """--speed: every example still holds the whole word, now longer or shorter; without it, nothing changes."""
+    rng = np.random.default_rng(0)
+    word = np.zeros(SAMPLE_RATE, np.float32)
+    word[1000:7000] = 0.3 * np.sin(2 * np.pi * 500 * np.arange(6000) / SAMPLE_RATE)
+    clips = (np.stack([word] * 4) * 32767).astype(np.int16)
+    labels = np.full(4, LABELS.index("yes"))
+    src = Sources(clips, labels, [np.zeros(SAMPLE_RATE * 5, np.float32)], [])
+    settings = AugmentSettings(noise_prob=0.0, gain_db=(0.0, 0.0), speed_prob=speed)
+    x, _ = make_batch(src, np.array([[0, i, labels[i]] for i in range(4)] * 25), settings, rng)
+    frames = np.sqrt(np.mean(x.reshape(len(x), -1, 80) ** 2, axis=2))  # 10 ms frames
+    sounding = (frames > 0.05).sum(axis=1) / 100
+    if not speed:
+        assert np.allclose(sounding, 0.75, atol=0.01)
+        return
+    assert sounding.min() > 0.75 / 1.15 - 0.01 and sounding.max() < 0.75 / 0.85 + 0.01 and np.ptp(sounding) > 0.1
+
+
 @pytest.mark.parametrize("babble", [0.0, 1.0])
 def test_babble_puts_continuous_speech_under_the_words_at_5_to_25_db(babble: float):
     """--babble: the noise under an example is a second of the speech recordings instead of the noise ones."""

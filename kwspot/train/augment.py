@@ -13,7 +13,12 @@ size of the data. Kinds:
 - ``PHRASE``: a second cut from a short recording of other speech (``--phrases``,
   e.g. wake phrases) around its spoken part, ``_unknown_``.
 
-Every non-silence example first goes through another channel with probability
+With probability ``speed_prob`` a word (keyword, other word or fragment) is first
+played at another speed (``speed_range``: tempo and pitch together, through the
+resampler the stream uses), as a slower or quicker speaker with a longer or
+shorter vocal tract would say it.
+
+Every non-silence example then goes through another channel with probability
 ``channel_prob`` (:mod:`kwspot.train.channel`: room reverb, band limit and EQ,
 level), then gets background noise at a random SNR with probability
 ``noise_prob``, then a random gain. With probability ``babble_prob`` that noise is
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kwspot import SILENCE, UNKNOWN
-from kwspot.frontend import WINDOW_SAMPLES
+from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, resample
 from kwspot.train.channel import EXTRA_ATTENUATION_DB, other_channel
 from kwspot.train.data import labels_for, to_float, word_bounds
 
@@ -53,6 +58,8 @@ class AugmentSettings:
     channel_prob: float = 0.0  # share of non-silence examples sent through a random room/microphone channel
     babble_prob: float = 0.0  # share of noisy examples whose noise is continuous speech (other talk)
     babble_snr_db: tuple[float, float] = (5.0, 25.0)
+    speed_prob: float = 0.0  # share of word examples played at another speed
+    speed_range: tuple[float, float] = (0.85, 1.15)
 
 
 class Sources:
@@ -189,12 +196,14 @@ def example(
     else:
         clip = src.clip(index)
         s, e = (int(v) for v in src.bounds[index])
+        if label == SILENCE_INDEX and kind != FRAGMENT:
+            return clip * _db(rng.uniform(*settings.gain_db))
+        if settings.speed_prob and rng.random() < settings.speed_prob:
+            clip, s, e = at_speed(clip, s, e, rng.uniform(*settings.speed_range))
         if kind == FRAGMENT:
             x, active = _fragment(clip[s:e], rng)
-        elif label == SILENCE_INDEX:
-            return clip * _db(rng.uniform(*settings.gain_db))
         else:
-            x = _shift(clip, int(rng.integers(-s, WINDOW_SAMPLES - e + 1))) if settings.shift else clip
+            x = _window_of(clip, -int(rng.integers(-s, WINDOW_SAMPLES - e + 1)) if settings.shift else 0)
             active = clip[s:e]
     extra_db = 0.0
     if settings.channel_prob and rng.random() < settings.channel_prob:
@@ -240,14 +249,23 @@ def _place(piece: np.ndarray, where: int) -> np.ndarray:
     return x
 
 
-def _shift(clip: np.ndarray, by: int) -> np.ndarray:
-    """The whole clip moved by ``by`` samples (zeros where it leaves the window), as a stream window cuts it."""
+def _window_of(clip: np.ndarray, start: int) -> np.ndarray:
+    """The window of the clip that begins at sample ``start`` (zeros outside the clip), as a stream window cuts it."""
     x = np.zeros(WINDOW_SAMPLES, np.float32)
-    if by >= 0:
-        x[by:] = clip[: WINDOW_SAMPLES - by]
-    else:
-        x[:by] = clip[-by:]
+    a, b = max(0, start), min(len(clip), start + WINDOW_SAMPLES)
+    if b > a:
+        x[a - start : b - start] = clip[a:b]
     return x
+
+
+def at_speed(clip: np.ndarray, s: int, e: int, speed: float) -> tuple[np.ndarray, int, int]:
+    """The clip played ``speed`` times as fast (tempo and pitch), with its spoken part's new bounds."""
+    out = resample(clip, SAMPLE_RATE * speed, SAMPLE_RATE)
+    e2 = max(1, min(len(out), int(np.ceil(e / speed))))
+    s2 = min(int(s / speed), e2 - 1)
+    if e2 - s2 > WINDOW_SAMPLES:  # slowed past a window: keep its first second
+        e2 = s2 + WINDOW_SAMPLES
+    return out, s2, e2
 
 
 def _noise_window(src: Sources, rng: np.random.Generator) -> np.ndarray:

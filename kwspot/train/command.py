@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--babble", type=Number(0.0, 1.0), default=0.0, metavar="P",
                         help="share of noisy examples whose noise is continuous speech of --negatives (keywords "
                              "said over other talk), at 5-25 dB SNR")
+    parser.add_argument("--speed", type=Number(0.0, 1.0), default=0.0, metavar="P",
+                        help="share of word examples played 0.85-1.15 times as fast (tempo and pitch together)")
     parser.add_argument("--hard-negatives", type=Path, action="append", default=[], metavar="NPY",
                         help="mined windows (python -m kwspot.train.mine) to train on as _unknown_")
     parser.add_argument("--teacher", type=Path, action="append", default=[], metavar="MODEL",
@@ -136,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     arch = ARCH_DEFAULTS[args.arch]
     aug = AugmentSettings(noise_prob=args.noise_prob, unknown_ratio=args.unknown_ratio,
                           fragments=not args.no_fragments, balance_words=args.balance_words,
-                          channel_prob=args.channel_aug, babble_prob=args.babble, snr_db=args.snr_db)
+                          channel_prob=args.channel_aug, babble_prob=args.babble, snr_db=args.snr_db,
+                          speed_prob=args.speed)
     settings = LoopSettings(epochs=args.epochs, batch=args.batch or arch["batch"], lr=args.lr or arch["lr"],
                             patience=args.patience, seed=args.seed, max_minutes=args.max_minutes)
     console.print(f"[bold]{args.data}[/]: " + ", ".join(f"{s} {len(data.clips[s])}" for s in data.clips))

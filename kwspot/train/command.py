@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of examples mixed with background noise")
     parser.add_argument("--snr-db", type=db_range, default=(0.0, 25.0), metavar="LOW,HIGH",
                         help="signal-to-noise ratios (dB) the background noise is mixed at, drawn uniformly "
-                             "(default 0,25)")
+                             "(default 0,25; a negative LOW needs the = form: --snr-db=-5,25)")
     parser.add_argument("--unknown-ratio", type=Number(0.0, 100.0), default=2.0,
                         help="_unknown_ examples per epoch, relative to one keyword class")
     parser.add_argument("--max-minutes", type=Number(0.0, 525600.0), default=0.0,

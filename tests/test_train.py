@@ -133,6 +133,19 @@ def test_epoch_plan_balances_classes_and_batches_are_windows(tiny_data: Path, tm
     np.testing.assert_array_equal(y, plan[:32, 2])
 
 
+def _batch_of_one_word(start: int, stop: int, hz: float, settings: AugmentSettings, repeats: int,
+                       speech: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``repeats`` passes over four copies of one ``yes`` clip (a tone over samples [start, stop)), the noise
+    recordings silent; the batch and the int16 clip."""
+    word = np.zeros(SAMPLE_RATE, np.float32)
+    word[start:stop] = 0.3 * np.sin(2 * np.pi * hz * np.arange(stop - start) / SAMPLE_RATE)
+    clips = (np.stack([word] * 4) * 32767).astype(np.int16)
+    labels = np.full(4, LABELS.index("yes"))
+    src = Sources(clips, labels, [np.zeros(SAMPLE_RATE * 5, np.float32)], speech or [])
+    plan = np.array([[0, i, labels[i]] for i in range(4)] * repeats)
+    return make_batch(src, plan, settings, np.random.default_rng(0))[0], clips[0]
+
+
 def test_at_speed_changes_tempo_and_pitch_together_and_moves_the_bounds():
     from kwspot.train.augment import at_speed
 
@@ -153,14 +166,8 @@ def test_at_speed_changes_tempo_and_pitch_together_and_moves_the_bounds():
 @pytest.mark.parametrize("speed", [0.0, 1.0])
 def test_speed_keeps_the_spoken_part_whole_inside_the_window(speed: float):
     """--speed: every example still holds the whole word, now longer or shorter; without it, nothing changes."""
-    rng = np.random.default_rng(0)
-    word = np.zeros(SAMPLE_RATE, np.float32)
-    word[1000:7000] = 0.3 * np.sin(2 * np.pi * 500 * np.arange(6000) / SAMPLE_RATE)
-    clips = (np.stack([word] * 4) * 32767).astype(np.int16)
-    labels = np.full(4, LABELS.index("yes"))
-    src = Sources(clips, labels, [np.zeros(SAMPLE_RATE * 5, np.float32)], [])
     settings = AugmentSettings(noise_prob=0.0, gain_db=(0.0, 0.0), speed_prob=speed)
-    x, _ = make_batch(src, np.array([[0, i, labels[i]] for i in range(4)] * 25), settings, rng)
+    x, _ = _batch_of_one_word(1000, 7000, 500.0, settings, repeats=25)
     frames = np.sqrt(np.mean(x.reshape(len(x), -1, 80) ** 2, axis=2))  # 10 ms frames
     sounding = (frames > 0.05).sum(axis=1) / 100
     if not speed:
@@ -172,16 +179,11 @@ def test_speed_keeps_the_spoken_part_whole_inside_the_window(speed: float):
 @pytest.mark.parametrize("babble", [0.0, 1.0])
 def test_babble_puts_continuous_speech_under_the_words_at_5_to_25_db(babble: float):
     """--babble: the noise under an example is a second of the speech recordings instead of the noise ones."""
-    rng = np.random.default_rng(0)
-    word = np.zeros(SAMPLE_RATE, np.float32)
-    word[2000:6000] = 0.3 * np.sin(2 * np.pi * 440 * np.arange(4000) / SAMPLE_RATE)
-    clips = (np.stack([word] * 4) * 32767).astype(np.int16)
-    labels = np.full(4, LABELS.index("yes"))
     talk = 0.05 * np.sin(2 * np.pi * 1500 * np.arange(SAMPLE_RATE * 5) / SAMPLE_RATE)  # stands in for other talk
-    src = Sources(clips, labels, [np.zeros(SAMPLE_RATE * 5, np.float32)], [talk.astype(np.float32)])
     settings = AugmentSettings(noise_prob=1.0, babble_prob=babble, gain_db=(0.0, 0.0), shift=False)
-    x, _ = make_batch(src, np.array([[0, i, labels[i]] for i in range(4)] * 10), settings, rng)
-    under = x - clips[0].astype(np.float32) / 32768  # what was mixed under the word
+    x, clip = _batch_of_one_word(2000, 6000, 440.0, settings, repeats=10, speech=[talk.astype(np.float32)])
+    word = clip.astype(np.float32) / 32768
+    under = x - word  # what was mixed under the word
     if not babble:  # the noise recordings here are silent
         assert np.abs(under).max() < 1e-4
         return

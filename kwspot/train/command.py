@@ -22,6 +22,7 @@ from kwspot.train.data import Dataset, clip_windows, load_long, phrase_files, sc
 from kwspot.train.espeak import ALL_VOICES, VOICES, training_voices
 from kwspot.train.export import stem_file
 from kwspot.train.loop import LoopSettings
+from kwspot.train.models import check_width
 
 ARCH_DEFAULTS = {
     "default": {"batch": 64, "lr": 2e-3},
@@ -112,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
     from kwspot.train import require_tensorflow
 
     _check_out(args.out)  # bad input fails fast, before TensorFlow loads and long before the model is written
-    if args.arch == "workshop" and args.width != 1.0:
-        raise KwspotError("--width: the workshop architecture has one width (use --arch default or dstcn)")
+    try:
+        check_width(args.arch, args.width)
+    except ValueError as exc:
+        raise KwspotError(f"--width: {exc}") from None
     writable_cache(args.cache)
     data = scan(args.data, keywords=args.keywords)
     if data.missing_keywords():

@@ -93,16 +93,21 @@ def build(arch: str, seed: int = 0, specaugment: bool = False, n_labels: int = l
     require_tensorflow()
     import keras
 
+    check_width(arch, width)
     keras.utils.set_random_seed(seed)
     if arch == "workshop":
-        if width != 1.0:
-            raise ValueError("the workshop architecture has one width")
         return _workshop(keras, n_labels)
     if arch == "default":
         return _default(keras, n_labels, specaugment, seed, width)
     if arch == "dstcn":
         return _dstcn(keras, n_labels, specaugment, seed, width)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+
+
+def check_width(arch: str, width: float) -> None:
+    """ValueError unless ``arch`` can be built ``width`` times as wide (the workshop architecture cannot)."""
+    if arch == "workshop" and width != 1.0:
+        raise ValueError("the workshop architecture has one width (use --arch default or dstcn)")
 
 
 def _workshop(keras: Any, n_labels: int) -> Any:

@@ -271,10 +271,10 @@ def test_teachers_soften_the_labels_by_their_mean_probabilities():
     teacher = np.stack([Model(path).predict(w) for w in x])
     both = Teachers([path, path], LABELS, 0.25, SAMPLE_RATE)
     np.testing.assert_allclose(both.probabilities(x), teacher, atol=1e-6)  # two equal teachers: their own answer
-    targets = both.targets(x, y)
+    targets = both.targets(x, np.eye(12)[y])
     np.testing.assert_allclose(targets, 0.75 * np.eye(12)[y] + 0.25 * teacher, atol=1e-6)
     np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(Teachers([path], LABELS, 0.0, SAMPLE_RATE).targets(x, y), np.eye(12)[y])
+    np.testing.assert_allclose(Teachers([path], LABELS, 0.0, SAMPLE_RATE).targets(x, np.eye(12)[y]), np.eye(12)[y])
 
 
 def test_a_teacher_with_other_labels_or_window_is_refused_by_name():

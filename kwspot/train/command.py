@@ -74,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="distil from this trained .tflite (repeatable: the teachers are averaged)")
     parser.add_argument("--distill-weight", type=Number(0.0, 1.0), default=0.5, metavar="W",
                         help="share of the teachers' probabilities in each target, the rest the label (default 0.5)")
+    parser.add_argument("--label-smoothing", type=Number(0.0, 0.5), default=0.0, metavar="E",
+                        help="train towards (1 - E) * the label + E spread evenly over all labels (default 0: off)")
+    parser.add_argument("--mixup", type=Number(0.0, 10.0), default=0.0, metavar="ALPHA",
+                        help="mix each window with another of its batch, weight max(l, 1 - l) with l drawn from "
+                             "Beta(ALPHA, ALPHA), and their targets alike (e.g. 0.2; default 0: off)")
     parser.add_argument("--no-fragments", action="store_true", help="do not train on keyword halves as _unknown_")
     parser.add_argument("--specaugment", action="store_true", help="mask log-mel bands and frames while training")
     parser.add_argument("--noise-prob", type=Number(0.0, 1.0), default=0.8,
@@ -144,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
                           channel_prob=args.channel_aug, babble_prob=args.babble, snr_db=args.snr_db,
                           speed_prob=args.speed)
     settings = LoopSettings(epochs=args.epochs, batch=args.batch or arch["batch"], lr=args.lr or arch["lr"],
-                            patience=args.patience, seed=args.seed, max_minutes=args.max_minutes)
+                            patience=args.patience, seed=args.seed, max_minutes=args.max_minutes,
+                            label_smoothing=args.label_smoothing, mixup=args.mixup)
     console.print(f"[bold]{args.data}[/]: " + ", ".join(f"{s} {len(data.clips[s])}" for s in data.clips))
     train_src = _sources(data, "train", args, console)
     extra, extra_labels = [], []

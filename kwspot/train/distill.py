@@ -30,13 +30,11 @@ class Teachers:
             if model.window_samples != window_samples:
                 raise KwspotError(f"{shown(model.path)}: teacher window of {model.window_samples} samples, "
                                   f"the student's is {window_samples}")
-        self.n_labels = len(labels)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """The teachers' mean probabilities for a batch of raw windows (n, samples)."""
         return np.mean([model.predict_batch(x) for model in self.models], axis=0)
 
-    def targets(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Soft targets (n, labels) for windows ``x`` with integer labels ``y``."""
-        hard = np.eye(self.n_labels, dtype=np.float32)[y]
-        return (1.0 - self.weight) * hard + self.weight * self.probabilities(x)
+    def targets(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Soft targets (n, labels) for windows ``x`` whose own targets (one-hot or already soft) are ``target``."""
+        return (1.0 - self.weight) * target + self.weight * self.probabilities(x)

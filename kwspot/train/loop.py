@@ -28,6 +28,8 @@ class LoopSettings:
     patience: int = 15
     seed: int = 0
     max_minutes: float = 0.0  # stop after this much wall clock (0: no limit)
+    label_smoothing: float = 0.0  # share of each target spread evenly over all labels
+    mixup: float = 0.0  # alpha of the Beta(alpha, alpha) mixing weights of mixup (0: off)
 
 
 def train(
@@ -46,7 +48,8 @@ def train(
 
     keras.utils.set_random_seed(loop.seed)
     tf.config.experimental.enable_op_determinism()
-    loss = "categorical_crossentropy" if teachers else "sparse_categorical_crossentropy"
+    soft = teachers is not None or loop.label_smoothing > 0 or loop.mixup > 0
+    loss = "categorical_crossentropy" if soft else "sparse_categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.Adam(loop.lr), loss=loss)
     rng = np.random.default_rng(loop.seed)
     best: dict[str, Any] = {"val_accuracy": -1.0, "epoch": 0}
@@ -108,7 +111,7 @@ def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, r
         for step in range(steps):
             rows = plan[step * loop.batch : (step + 1) * loop.batch]
             x, y = make_batch(src, rows, aug, rng)
-            target = y if teachers is None else teachers.targets(x, y)
+            x, target = batch_targets(x, y, model.output_shape[-1], loop, rng, teachers)
             loss = float(np.asarray(model.train_on_batch(x, target)).ravel()[0])
             losses.append(loss)
             if step % 20 == 0:
@@ -116,6 +119,31 @@ def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, r
             progress.update(task, advance=1, info=f"loss {np.mean(losses[-50:]):.3f}")
     sampled = sum(len(plan[s * loop.batch : (s + 1) * loop.batch]) for s in range(0, steps, 20))
     return float(np.mean(losses)), correct / max(sampled, 1)
+
+
+def batch_targets(x: np.ndarray, y: np.ndarray, n_labels: int, loop: LoopSettings, rng: np.random.Generator,
+                  teachers: Teachers | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The batch and what to train it towards: the integer labels, or soft targets where asked.
+
+    Soft targets, in this order: the one-hot label smoothed by ``loop.label_smoothing``; mixup (each
+    window mixed with another of the batch, weight max(l, 1 - l) for l ~ Beta(alpha, alpha), so that its
+    own label dominates, and the targets mixed alike); the teachers' probabilities of the window as
+    mixed. Without any of them, no random number is drawn (earlier recipes reproduce).
+    """
+    if teachers is None and loop.label_smoothing <= 0 and loop.mixup <= 0:
+        return x, y
+    target = np.eye(n_labels, dtype=np.float32)[y]
+    if loop.label_smoothing > 0:
+        target = (1.0 - loop.label_smoothing) * target + loop.label_smoothing / n_labels
+    if loop.mixup > 0:
+        weight = rng.beta(loop.mixup, loop.mixup, size=(len(y), 1)).astype(np.float32)
+        weight = np.maximum(weight, 1.0 - weight)
+        other = rng.permutation(len(y))
+        x = weight * x + (1.0 - weight) * x[other]
+        target = weight * target + (1.0 - weight) * target[other]
+    if teachers is not None:
+        target = teachers.targets(x, target)
+    return x, target
 
 
 def predict_arrays(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:

@@ -287,8 +287,50 @@ def test_a_teacher_with_other_labels_or_window_is_refused_by_name():
         Teachers([bundled_model_path()], LABELS, 0.5, 2 * SAMPLE_RATE)
 
 
+def test_plain_labels_stay_integers_and_draw_no_random_number():
+    from kwspot.train.loop import LoopSettings, batch_targets
+
+    rng = np.random.default_rng(3)
+    x, y = np.ones((4, 8), np.float32), np.array([0, 2, 5, 11])
+    state = rng.bit_generator.state
+    out_x, target = batch_targets(x, y, 12, LoopSettings(), rng)
+    assert out_x is x and target is y and rng.bit_generator.state == state
+
+
+def test_label_smoothing_spreads_a_share_of_each_target_over_all_labels():
+    from kwspot.train.loop import LoopSettings, batch_targets
+
+    y = np.array([0, 7])
+    _, target = batch_targets(np.zeros((2, 8), np.float32), y, 12, LoopSettings(label_smoothing=0.12),
+                              np.random.default_rng(0))
+    expected = np.full((2, 12), 0.01)
+    expected[[0, 1], y] = 0.89
+    np.testing.assert_allclose(target, expected, atol=1e-6)
+
+
+def test_mixup_mixes_windows_and_targets_with_the_same_weight_and_keeps_its_own_label_dominant():
+    from kwspot.train.loop import LoopSettings, batch_targets
+
+    rng = np.random.default_rng(4)
+    n = 64
+    y = np.arange(n) % 12
+    x = np.eye(n, dtype=np.float32)  # window i is a spike at sample i: its mix shows who it was mixed with
+    mixed, target = batch_targets(x, y, 12, LoopSettings(mixup=0.4), rng)
+    np.testing.assert_allclose(target.sum(axis=1), 1.0, atol=1e-6)
+    own = mixed[np.arange(n), np.arange(n)]
+    assert np.all(own >= 0.5) and np.any(own < 0.9)  # its own window dominates; some are really mixed
+    for i in range(n):
+        other = [j for j in np.flatnonzero(mixed[i]) if j != i]
+        partner = y[other[0]] if other else y[i]
+        expected = np.zeros(12)
+        expected[y[i]] += mixed[i, i]
+        expected[partner] += 1.0 - mixed[i, i]
+        np.testing.assert_allclose(target[i], expected, atol=1e-5)
+
+
 @pytest.mark.skipif(not HAVE_TF, reason="TensorFlow (the train extra) is not installed")
 def test_train_distils_from_a_teacher_end_to_end(tiny_data: Path, tmp_path: Path):
+    """With label smoothing and mixup on top: all three soft targets through one real epoch."""
     from kwspot.model import bundled_model_path
     from kwspot.train import command
 
@@ -297,10 +339,11 @@ def test_train_distils_from_a_teacher_end_to_end(tiny_data: Path, tmp_path: Path
     out = tmp_path / "student"
     args = parser.parse_args(["--data", str(tiny_data), "--out", str(out), "--epochs", "1",
                               "--teacher", str(bundled_model_path()), "--distill-weight", "0.3",
-                              "--cache", str(tmp_path / "cache")])
+                              "--label-smoothing", "0.1", "--mixup", "0.2", "--cache", str(tmp_path / "cache")])
     assert command.run(args) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["training"]["teacher"] == [str(bundled_model_path())] and meta["training"]["distill_weight"] == 0.3
+    assert (meta["training"]["label_smoothing"], meta["training"]["mixup"]) == (0.1, 0.2)
     assert "distilled from" in out.with_suffix(".md").read_text()
 
 

@@ -48,8 +48,7 @@ def train(
 
     keras.utils.set_random_seed(loop.seed)
     tf.config.experimental.enable_op_determinism()
-    soft = teachers is not None or loop.label_smoothing > 0 or loop.mixup > 0
-    loss = "categorical_crossentropy" if soft else "sparse_categorical_crossentropy"
+    loss = "categorical_crossentropy" if soft_targets(loop, teachers) else "sparse_categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.Adam(loop.lr), loss=loss)
     rng = np.random.default_rng(loop.seed)
     best: dict[str, Any] = {"val_accuracy": -1.0, "epoch": 0}
@@ -121,6 +120,11 @@ def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, r
     return float(np.mean(losses)), correct / max(sampled, 1)
 
 
+def soft_targets(loop: LoopSettings, teachers: Teachers | None) -> bool:
+    """Whether training goes towards soft targets (a distribution per window) rather than integer labels."""
+    return teachers is not None or loop.label_smoothing > 0 or loop.mixup > 0
+
+
 def batch_targets(x: np.ndarray, y: np.ndarray, n_labels: int, loop: LoopSettings, rng: np.random.Generator,
                   teachers: Teachers | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The batch and what to train it towards: the integer labels, or soft targets where asked.
@@ -130,7 +134,7 @@ def batch_targets(x: np.ndarray, y: np.ndarray, n_labels: int, loop: LoopSetting
     own label dominates, and the targets mixed alike); the teachers' probabilities of the window as
     mixed. Without any of them, no random number is drawn (earlier recipes reproduce).
     """
-    if teachers is None and loop.label_smoothing <= 0 and loop.mixup <= 0:
+    if not soft_targets(loop, teachers):
         return x, y
     target = np.eye(n_labels, dtype=np.float32)[y]
     if loop.label_smoothing > 0:

@@ -61,6 +61,30 @@ class NumberList:
         return f"NumberList({self.low:g}, {self.high:g})"
 
 
+class NumberRange:
+    """Two numbers ``LOW,HIGH``, each within [low, high], LOW not above HIGH: a (LOW, HIGH) tuple of floats."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.item = Number(low, high)
+        self.low, self.high = low, high
+        self.__name__ = "range"
+
+    def __call__(self, text: str) -> tuple[float, float]:
+        parts = text.split(",")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"expected LOW,HIGH such as 0,25, not {text[:40]!r}")
+        try:
+            low, high = (float(self.item(part.strip())) for part in parts)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"LOW,HIGH: {exc} (in {text[:40]!r})") from None
+        if low > high:
+            raise argparse.ArgumentTypeError(f"expected LOW <= HIGH, not {text[:40]!r}")
+        return low, high
+
+    def __repr__(self) -> str:
+        return f"NumberRange({self.low:g}, {self.high:g})"
+
+
 MAX_ARG_BYTES = 131071  # MAX_ARG_STRLEN - 1 on Linux: the longest single argument execve takes
 
 

@@ -29,7 +29,7 @@ import soundfile
 
 from conftest import claim_rate, espeak, kwspot_cmd, run_kwspot, wait_for
 from kwspot import modelfile
-from kwspot.argtypes import Number, NumberList
+from kwspot.argtypes import Number, NumberList, NumberRange
 from kwspot.cli import build_parser, main
 from kwspot.errors import KwspotError
 from kwspot.frontend import fit_window, load_audio
@@ -97,9 +97,9 @@ def numeric_flags() -> list[tuple[str, argparse.Action]]:
 HOSTILE = ["0", "-1", "nan", "inf", "1e20", "abc"]
 
 
-def is_invalid(checker: Number | NumberList, value: str) -> bool:
+def is_invalid(checker: Number | NumberList | NumberRange, value: str) -> bool:
     """What the flag's declared range says of ``value`` (decided here, not by calling the checker)."""
-    item = checker.item if isinstance(checker, NumberList) else checker
+    item = checker.item if isinstance(checker, (NumberList, NumberRange)) else checker
     try:
         number = float(value)
     except ValueError:
@@ -161,7 +161,7 @@ def test_wyoming_refuses_bad_uris_in_one_line(uri, needle, capsys, monkeypatch):
 NUMERIC_CASES = [
     (name, max(action.option_strings, key=len), value)
     for name, action in numeric_flags()
-    if isinstance(action.type, (Number, NumberList))
+    if isinstance(action.type, (Number, NumberList, NumberRange))
     for value in HOSTILE
     if is_invalid(action.type, value)
 ]

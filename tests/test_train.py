@@ -426,16 +426,16 @@ def test_ctrl_c_keeps_the_best_epoch_so_far(tiny_data: Path, tmp_path: Path, mon
 
 @pytest.mark.parametrize("text,expected", [("0,25", (0.0, 25.0)), ("-5,25", (-5.0, 25.0)), ("10,10", (10.0, 10.0))])
 def test_snr_range_is_low_then_high_in_decibels(text: str, expected: tuple[float, float]):
-    from kwspot.train.command import db_range
+    from kwspot.train.command import SNR_RANGE
 
-    assert db_range(text) == expected
+    assert SNR_RANGE(text) == expected
 
 
 @pytest.mark.parametrize("text", ["25,0", "5", "a,b", "-40,0", "0,nan", "0,inf", "1,2,3"])
 def test_a_bad_snr_range_is_refused_with_what_was_given(text: str):
     import argparse
 
-    from kwspot.train.command import db_range
+    from kwspot.train.command import SNR_RANGE
 
     with pytest.raises(argparse.ArgumentTypeError, match="LOW"):
-        db_range(text)
+        SNR_RANGE(text)

@@ -13,7 +13,7 @@ import numpy as np
 from rich.console import Console
 
 from kwspot import KEYWORDS, UNKNOWN, modelfile
-from kwspot.argtypes import Number
+from kwspot.argtypes import Number, NumberRange
 from kwspot.errors import KwspotError
 from kwspot.frontend import WINDOW_SAMPLES, load_audio
 from kwspot.paths import NAME_MAX, checked, shown
@@ -23,6 +23,8 @@ from kwspot.train.espeak import ALL_VOICES, VOICES, training_voices
 from kwspot.train.export import stem_file
 from kwspot.train.loop import LoopSettings
 from kwspot.train.models import check_width
+
+SNR_RANGE = NumberRange(-30.0, 60.0)  # --snr-db: the dB range background noise is mixed at
 
 ARCH_DEFAULTS = {
     "default": {"batch": 64, "lr": 2e-3},
@@ -83,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--specaugment", action="store_true", help="mask log-mel bands and frames while training")
     parser.add_argument("--noise-prob", type=Number(0.0, 1.0), default=0.8,
                         help="share of examples mixed with background noise")
-    parser.add_argument("--snr-db", type=db_range, default=(0.0, 25.0), metavar="LOW,HIGH",
+    parser.add_argument("--snr-db", type=SNR_RANGE, default=(0.0, 25.0), metavar="LOW,HIGH",
                         help="signal-to-noise ratios (dB) the background noise is mixed at, drawn uniformly "
                              "(default 0,25; a negative LOW needs the = form: --snr-db=-5,25)")
     parser.add_argument("--unknown-ratio", type=Number(0.0, 100.0), default=2.0,
@@ -101,17 +103,6 @@ def keyword_list(text: str) -> tuple[str, ...]:
     if bad or len(set(words)) != len(words):
         raise argparse.ArgumentTypeError(f"expected distinct word folder names such as eight,stop, not {text[:60]!r}")
     return words
-
-
-def db_range(text: str) -> tuple[float, float]:
-    """``--snr-db -5,25`` -> (-5.0, 25.0): two numbers in -30..60 dB, the first not above the second."""
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in dB such as 0,25, not {text[:40]!r}") from None
-    if not (-30.0 <= low <= high <= 60.0):
-        raise argparse.ArgumentTypeError(f"expected -30 <= LOW <= HIGH <= 60 dB, not {text[:40]!r}")
-    return low, high
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,11 +46,15 @@ OTHER_WORDS = (
     "dog bed tree wow visual forward backward"
 ).split()
 VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb-scotland+f2", "en-029+m3", "en-gb-x-rp+f4")  # the default six
-# further training voices (``--espeak-voices`` up to 20): none of the voices bench/quality.py holds out, and none of
+# further training voices (``--espeak-voices`` up to 40): none of the voices bench/quality.py holds out, and none of
 # its three held-out accents (New York, Lancaster, West Midlands)
 MORE_VOICES = ("en-us+m2", "en+m4", "en-gb-x-rp+m6", "en-029+f4", "en-us+klatt", "en+croak", "en-us+Andy",
                "en+Annie", "en-us+steph", "en-gb-scotland+m5", "en-us+grandma", "en+robert", "en-029+max",
-               "en-gb-x-rp+f1")
+               "en-gb-x-rp+f1",
+               "en-us+m3", "en-us+f1", "en-029+m1", "en-gb-scotland+f4", "en-gb-x-rp+m7", "en+klatt2",
+               "en-us+klatt4", "en-us+Alicia", "en+Michael", "en-us+Storm", "en-029+Lee", "en-us+travis",
+               "en+shelby", "en-gb-scotland+norbert", "en-us+victor", "en-us+Denis", "en+iven3", "en-us+john",
+               "en-gb-x-rp+m3", "en-us+whisper")
 ALL_VOICES = VOICES + MORE_VOICES
 
 

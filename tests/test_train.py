@@ -328,9 +328,45 @@ def test_mixup_mixes_windows_and_targets_with_the_same_weight_and_keeps_its_own_
         np.testing.assert_allclose(target[i], expected, atol=1e-5)
 
 
+class _LoudnessModel:
+    """Stands in for a Keras model: takes louder windows more for ``yes``; keeps what it was asked."""
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        self.seen = x
+        p = np.zeros((len(x), len(LABELS)), np.float32)
+        p[:, LABELS.index("yes")] = np.sqrt(np.mean(x**2, axis=1))
+        return p
+
+
+def test_worst_of_keeps_the_negative_draw_most_like_a_command_and_leaves_positives_alone():
+    from kwspot.train.augment import SPEECH
+    from kwspot.train.loop import worst_negatives
+
+    rng = np.random.default_rng(0)
+    speech = [(np.sin(np.arange(SAMPLE_RATE * 20) / 4000.0) ** 2 * rng.normal(0, 0.2, SAMPLE_RATE * 20))
+              .astype(np.float32)]  # loud and quiet stretches: draws differ
+    clips = (rng.normal(0, 0.1, (2, SAMPLE_RATE)) * 32767).astype(np.int16)
+    src = Sources(clips, np.full(2, LABELS.index("yes")), [np.zeros(SAMPLE_RATE * 5, np.float32)], speech)
+    unknown = LABELS.index("_unknown_")
+    rows = np.array([[0, 0, LABELS.index("yes")], [SPEECH, 11, unknown], [0, 1, LABELS.index("yes")],
+                     [SPEECH, 12, unknown], [SPEECH, 13, unknown]])
+    settings = AugmentSettings(noise_prob=0.0)
+    x, _ = make_batch(src, rows, settings, rng)
+    model = _LoudnessModel()
+    out = worst_negatives(model, src, rows, x, settings, 5, rng)
+    negative = [1, 3, 4]
+    candidates = model.seen.reshape(5, 3, SAMPLE_RATE)
+    np.testing.assert_array_equal(candidates[0], x[negative])  # the batch's own draw is one of the five
+    loudness = np.sqrt(np.mean(candidates**2, axis=2))
+    np.testing.assert_array_equal(out[negative], candidates[loudness.argmax(axis=0), np.arange(3)])
+    np.testing.assert_array_equal(out[[0, 2]], x[[0, 2]])
+    assert (loudness.max(axis=0) > loudness[0]).any()  # the choice made a difference
+
+
 @pytest.mark.skipif(not HAVE_TF, reason="TensorFlow (the train extra) is not installed")
 def test_train_distils_from_a_teacher_end_to_end(tiny_data: Path, tmp_path: Path):
-    """With label smoothing and mixup on top: all three soft targets through one real epoch."""
+    """With label smoothing and mixup on top (all three soft targets), and the worst of three negative draws,
+    through one real epoch."""
     from kwspot.model import bundled_model_path
     from kwspot.train import command
 
@@ -339,11 +375,13 @@ def test_train_distils_from_a_teacher_end_to_end(tiny_data: Path, tmp_path: Path
     out = tmp_path / "student"
     args = parser.parse_args(["--data", str(tiny_data), "--out", str(out), "--epochs", "1",
                               "--teacher", str(bundled_model_path()), "--distill-weight", "0.3",
-                              "--label-smoothing", "0.1", "--mixup", "0.2", "--cache", str(tmp_path / "cache")])
+                              "--label-smoothing", "0.1", "--mixup", "0.2", "--worst-of", "3",
+                              "--cache", str(tmp_path / "cache")])
     assert command.run(args) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["training"]["teacher"] == [str(bundled_model_path())] and meta["training"]["distill_weight"] == 0.3
-    assert (meta["training"]["label_smoothing"], meta["training"]["mixup"]) == (0.1, 0.2)
+    training = meta["training"]
+    assert (training["label_smoothing"], training["mixup"], training["worst_of"]) == (0.1, 0.2, 3)
     assert "distilled from" in out.with_suffix(".md").read_text()
 
 

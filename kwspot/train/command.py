@@ -81,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixup", type=Number(0.0, 10.0), default=0.0, metavar="ALPHA",
                         help="mix each window with another of its batch, weight max(l, 1 - l) with l drawn from "
                              "Beta(ALPHA, ALPHA), and their targets alike (e.g. 0.2; default 0: off)")
+    parser.add_argument("--worst-of", type=Number(1, 16, integer=True), default=1, metavar="K",
+                        help="draw each negative window K times and train on the draw the model takes most for a "
+                             "command, as a stream's worst window (default 1: off)")
     parser.add_argument("--no-fragments", action="store_true", help="do not train on keyword halves as _unknown_")
     parser.add_argument("--specaugment", action="store_true", help="mask log-mel bands and frames while training")
     parser.add_argument("--noise-prob", type=Number(0.0, 1.0), default=0.8,
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
                           speed_prob=args.speed)
     settings = LoopSettings(epochs=args.epochs, batch=args.batch or arch["batch"], lr=args.lr or arch["lr"],
                             patience=args.patience, seed=args.seed, max_minutes=args.max_minutes,
-                            label_smoothing=args.label_smoothing, mixup=args.mixup)
+                            label_smoothing=args.label_smoothing, mixup=args.mixup, worst_of=args.worst_of)
     console.print(f"[bold]{args.data}[/]: " + ", ".join(f"{s} {len(data.clips[s])}" for s in data.clips))
     train_src = _sources(data, "train", args, console)
     extra, extra_labels = [], []

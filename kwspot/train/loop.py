@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kwspot.train import require_tensorflow
-from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, make_batch
+from kwspot.train.augment import FIRST_KEYWORD, AugmentSettings, Sources, epoch_plan, make_batch
 
 if TYPE_CHECKING:
     from kwspot.train.distill import Teachers
@@ -30,6 +30,7 @@ class LoopSettings:
     max_minutes: float = 0.0  # stop after this much wall clock (0: no limit)
     label_smoothing: float = 0.0  # share of each target spread evenly over all labels
     mixup: float = 0.0  # alpha of the Beta(alpha, alpha) mixing weights of mixup (0: off)
+    worst_of: int = 1  # draws of each negative window, of which the one most like a command is trained on
 
 
 def train(
@@ -110,6 +111,8 @@ def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, r
         for step in range(steps):
             rows = plan[step * loop.batch : (step + 1) * loop.batch]
             x, y = make_batch(src, rows, aug, rng)
+            if loop.worst_of > 1:
+                x = worst_negatives(model, src, rows, x, aug, loop.worst_of, rng)
             x, target = batch_targets(x, y, model.output_shape[-1], loop, rng, teachers)
             loss = float(np.asarray(model.train_on_batch(x, target)).ravel()[0])
             losses.append(loss)
@@ -118,6 +121,26 @@ def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, r
             progress.update(task, advance=1, info=f"loss {np.mean(losses[-50:]):.3f}")
     sampled = sum(len(plan[s * loop.batch : (s + 1) * loop.batch]) for s in range(0, steps, 20))
     return float(np.mean(losses)), correct / max(sampled, 1)
+
+
+def worst_negatives(model: Any, src: Sources, rows: np.ndarray, x: np.ndarray, aug: AugmentSettings, draws: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """The batch with each negative window (``_silence_``, ``_unknown_``) replaced by the worst of ``draws``.
+
+    A stream costs a false accept if any of its windows fires, so a negative is drawn ``draws`` times
+    (other offset, other cut of the speech, other noise) and the draw the model now takes most for a
+    keyword is kept: the training sees the window the detector would. Positives stay as drawn.
+    """
+    negative = np.flatnonzero(rows[:, 2] < FIRST_KEYWORD)
+    if not len(negative):
+        return x
+    candidates = np.stack([x[negative]] + [make_batch(src, rows[negative], aug, rng)[0] for _ in range(draws - 1)])
+    flat = candidates.reshape(-1, candidates.shape[-1])
+    keyword_score = np.asarray(model.predict_on_batch(flat))[:, FIRST_KEYWORD:].max(axis=1)
+    worst = keyword_score.reshape(draws, len(negative)).argmax(axis=0)
+    x = x.copy()
+    x[negative] = candidates[worst, np.arange(len(negative))]
+    return x
 
 
 def soft_targets(loop: LoopSettings, teachers: Teachers | None) -> bool:

@@ -203,6 +203,8 @@ def parse_yaml(data: bytes, path: Path) -> Any:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = str(getattr(exc, "problem", "") or "")[:80]
         raise KwspotError(f"{path}: not valid YAML{where}" + (f" ({problem})" if problem else "")) from None
+    except (ValueError, OverflowError) as exc:  # a tagged or implicit value its type cannot hold (2001-13-45)
+        raise KwspotError(f"{path}: not valid YAML (a value: {str(exc)[:80]})") from None
 
 
 def load_config(explicit: str | None = None) -> tuple[dict[str, dict[str, Any]], Path | None]:

@@ -390,6 +390,8 @@ def _reload(service: WakeService, settings: Callable[[], DetectorSettings], noti
         service.detector = settings()
     except KwspotError as exc:
         log.error("reload refused, keeping the running configuration: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - whatever a new file does, the running server keeps going
+        log.error("reload refused, keeping the running configuration: %s: %s", type(exc).__name__, exc)
     else:
         log.info("detector settings reloaded (new audio streams use them)")
     notifier.ready()

@@ -43,6 +43,10 @@ def test_file_values_override_defaults(tmp_path):
         (f"audio:\n  device: {'x' * 300}\n", "audio.device"),
         ("- just\n- a list\n", "mapping"),
         ("detector: [1\n", "not valid YAML"),
+        ("detector:\n  threshold: 2001-13-45\n", "not valid YAML (a value: month must be in 1..12)"),
+        ("detector:\n  hop_ms: !!int abc\n", "not valid YAML (a value: invalid literal"),
+        ("detector:\n  threshold: !!float abc\n", "not valid YAML (a value: could not convert"),
+        (f"detector:\n  hop_ms: {'9' * 5000}\n", "not valid YAML (a value: Exceeds the limit"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, needle):

@@ -455,6 +455,32 @@ def test_sighup_rereads_the_detector_settings_for_new_streams(tmp_path, real_str
         assert s.stop() == 0, s.log
 
 
+def test_a_reload_that_fails_any_way_is_refused_in_the_log_and_the_server_reports_ready(caplog):
+    """Not only KwspotError: whatever reading the new file raises, systemd hears READY=1 again."""
+    from kwspot.wyoming_server import _reload
+
+    class Notifier:
+        said: list[str] = []
+
+        def reloading(self) -> None:
+            self.said.append("reloading")
+
+        def ready(self) -> None:
+            self.said.append("ready")
+
+    class Service:
+        detector = "running"
+
+    def bad_settings():
+        "/tmp/\ud800".encode()  # what a lone surrogate in a path setting raises
+
+    service, notifier = Service(), Notifier()
+    with caplog.at_level("ERROR"):
+        _reload(service, bad_settings, notifier)
+    assert "reload refused, keeping the running configuration: UnicodeEncodeError" in caplog.text
+    assert service.detector == "running" and notifier.said == ["reloading", "ready"]
+
+
 def test_idle_connections_make_room_for_a_client_that_talks(server):
     """MAX_CLIENTS connections that send half an event and stop cannot lock Home Assistant out."""
     from kwspot.wyoming_server import EVICT_IDLE_S, MAX_CLIENTS

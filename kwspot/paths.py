@@ -38,7 +38,10 @@ def checked(path: str | os.PathLike[str], what: str = "file") -> Path:
     if "\0" in text:
         visible = shown(text.replace("\0", "\\0"))
         raise KwspotError(f"{visible}: {what} name contains a NUL byte")
-    raw = os.fsencode(text)
+    try:
+        raw = os.fsencode(text)
+    except UnicodeEncodeError:  # a lone surrogate (\ud800) that no file name can hold
+        raise KwspotError(f"{shown(text)}: {what} name is not valid text (a lone surrogate)") from None
     if len(raw) > PATH_MAX:
         raise KwspotError(f"{shown(text)[:60]}...: {what} path too long ({len(raw)} bytes, at most {PATH_MAX})")
     longest = max(raw.split(b"/"), key=len)

@@ -220,6 +220,11 @@ CASES = {
     "MQTT topic over 64 KiB": (with_config("sinks:\n  mqtt: {topic: " + "t" * 70000 + "}\n"),
                                ["sinks.mqtt.topic", "bytes"]),
     "invalid yaml": (with_config("detector: {threshold: [0.5\n"), ["kw.yaml", "YAML"]),
+    "YAML date no calendar has": (with_config("detector:\n  threshold: 2001-13-45\n"), ["kw.yaml", "month"]),
+    "model path with a lone surrogate": (with_config('model:\n  path: "/tmp/\\ud800.tflite"\n'),
+                                         ["\\ud800.tflite", "lone surrogate"]),
+    "socket path with a lone surrogate": (with_config('sinks:\n  socket: "/tmp/\\ud800.sock"\n'),
+                                          ["\\ud800.sock", "lone surrogate"]),
     "missing config": (lambda tmp: ["listen", "--config", str(tmp / "none.yaml")], ["none.yaml"]),
     # model
     "missing model": (with_model(lambda tmp: tmp / "absent.tflite"), ["absent.tflite"]),

@@ -351,6 +351,11 @@ def test_a_broker_restart_under_the_running_daemon(tmp_path, speech_commands, br
         ({"port": "1883"}, "sinks.mqtt.port"),
         ("localhost", "sinks.mqtt"),
         ({"username": "kw", "password_file": "/nonexistent/pw"}, "/nonexistent/pw"),
+        ({"password_file": "/etc/hostname"}, "sinks.mqtt.password_file needs sinks.mqtt.username"),
+        ({"username": "u" * 70000}, "sinks.mqtt.username"),
+        ({"username": "k\ud800w"}, "sinks.mqtt.username must be UTF-8 text"),
+        ({"username": "kw", "password_file": "/tmp/\ud800"}, "sinks.mqtt.password_file: "),
+        ({"tls": True, "ca_file": "/tmp/c\0a"}, "sinks.mqtt.ca_file: "),
     ],
 )
 def test_bad_mqtt_settings_give_one_line(tmp_path, mqtt, culprit):

@@ -344,10 +344,18 @@ def _host(key: str, value: Any) -> str:
     return value
 
 
-def _password_file(key: str, value: Any) -> str:
-    string(key, value)
-    checked(value, "MQTT password file")
-    return value
+def _file(what: str) -> Callable[[str, Any], str]:
+    """A check that the value names a file a system call could take (the file itself is read at start)."""
+
+    def check(key: str, value: Any) -> str:
+        string(key, value)
+        try:
+            checked(value, what)
+        except KwspotError as exc:
+            raise KwspotError(f"config: {key}: {exc}") from None
+        return value
+
+    return check
 
 
 def _topic_part(key: str, value: Any) -> str:
@@ -373,10 +381,10 @@ MQTT_KEYS: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "site": (None, optional(_topic_part)),  # None: this machine's host name
     "qos": (0, choice(0, 1, 2)),
     "retain": (False, _flag),
-    "username": (None, optional(string)),
-    "password_file": (None, optional(_password_file)),
+    "username": (None, optional(_mqtt_string)),
+    "password_file": (None, optional(_file("MQTT password file"))),
     "tls": (False, _flag),
-    "ca_file": (None, optional(string)),  # None: the system's CA certificates
+    "ca_file": (None, optional(_file("CA certificate file"))),  # None: the system's CA certificates
     "hermes": (False, _flag),
     "queue": (100, number(1, 100000, integer=True)),
 }
@@ -396,6 +404,8 @@ def check_mqtt(key: str, value: Any) -> dict[str, Any] | None:
             shown = name if isinstance(name, str) and len(name) <= 40 else show(name)
             raise KwspotError(f"config: unknown key '{key}.{shown}' (known: {', '.join(MQTT_KEYS)})")
         settings[name] = MQTT_KEYS[name][1](f"{key}.{name}", item)
+    if settings["password_file"] and not settings["username"]:
+        raise KwspotError(f"config: {key}.password_file needs {key}.username (a password goes with a user name)")
     return settings
 
 

@@ -15,6 +15,7 @@ verifier threshold. Numpy in, verdict out; no audio I/O.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -96,6 +97,7 @@ class Embedder:
 
 
 MAX_WINDOW_S = 10.0  # the verifier's audio window; the bundled head takes 1.5 s
+MAX_HEAD_BYTES = 64 << 20  # a verifier head's arrays, unpacked (the bundled one: under 1 MiB)
 
 
 class Head:
@@ -107,11 +109,16 @@ class Head:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            with np.load(self.path, allow_pickle=False) as f:
+            loaded = np.load(self.path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("an .npy array, not an .npz archive")
+            with loaded as f:
+                if sum(info.file_size for info in f.zip.infolist()) > MAX_HEAD_BYTES:
+                    raise ValueError(f"over {MAX_HEAD_BYTES >> 20} MiB unpacked")
                 arrays = {k: f[k] for k in f.files}
         except FileNotFoundError:
             raise KwspotError(f"{self.path}: verifier head missing") from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as exc:
             raise KwspotError(f"{self.path}: unreadable verifier head ({str(exc):.80})") from None
         try:
             self.labels = tuple(str(x) for x in np.atleast_1d(arrays["labels"]))
@@ -124,7 +131,7 @@ class Head:
             raise KwspotError(f"{self.path}: verifier head lacks {exc}") from None
         except (ValueError, TypeError) as exc:
             raise KwspotError(f"{self.path}: verifier head holds values of the wrong type ({str(exc):.60})") from None
-        dims = [self.mean.size] + [w.shape[1] for w, _ in self.layers]
+        dims = [self.mean.size] + [w.shape[-1] if w.ndim else -1 for w, _ in self.layers]
         ok = self.layers and all(w.shape == (a, b) and bias.shape == (b,)
                                  for (w, bias), a, b in zip(self.layers, dims[:-1], dims[1:], strict=True))
         if not ok or dims[-1] != len(self.labels) or self.std.shape != self.mean.shape:

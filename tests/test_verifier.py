@@ -100,6 +100,8 @@ def test_head_problems_are_one_line_errors(tmp_path):
     ({"labels": np.array(5)}, "do not fit together"), ({"std": np.zeros(N_EMB * EMBEDDING_DIM)}, "std"),
     ({"mean": np.full(N_EMB * EMBEDDING_DIM, np.inf)}, "infinite"),
     ({"mean": np.array(["a"] * N_EMB * EMBEDDING_DIM)}, "wrong type"),
+    ({"w0": np.zeros(N_EMB * EMBEDDING_DIM, np.float32)}, "do not fit together"),
+    ({"w1": np.float32(1.0)}, "do not fit together"),
 ])
 def test_head_values_out_of_range_are_one_line_errors(tmp_path, change, needle):
     good = dict(np.load(write_head(tmp_path / "good.npz", "yes")))
@@ -312,3 +314,21 @@ def test_candidates_are_the_first_stages_events_labelled_by_the_word_under_them(
         end = round(te * SAMPLE_RATE)
         assert te >= burst_end + 0.2 - 1e-6  # held by the gate until a pause
         np.testing.assert_array_equal(window, audio[end - WINDOW : end])
+
+
+def test_a_head_file_that_is_not_a_small_npz_archive_is_one_line(tmp_path, monkeypatch):
+    """An .npy array under the .npz name, a broken zip, and an archive over the unpacked size limit."""
+    npy = tmp_path / "array.npz"
+    with npy.open("wb") as fh:
+        np.save(fh, np.zeros(3))
+    with pytest.raises(KwspotError, match="array.npz: unreadable verifier head .an .npy array"):
+        Head(npy)
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 not a zip after all")
+    with pytest.raises(KwspotError, match="broken.npz: unreadable verifier head"):
+        Head(broken)
+    monkeypatch.setattr("kwspot.verifier.MAX_HEAD_BYTES", 1 << 20)
+    big = dict(np.load(write_head(tmp_path / "good.npz", "yes")))
+    np.savez_compressed(tmp_path / "big.npz", **big, padding=np.zeros(1 << 19))  # 4 MiB unpacked, a few KiB packed
+    with pytest.raises(KwspotError, match="big.npz: unreadable verifier head .over 1 MiB unpacked"):
+        Head(tmp_path / "big.npz")

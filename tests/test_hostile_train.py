@@ -208,6 +208,22 @@ def test_train_refuses_a_keyword_with_no_training_clips(data: Path, tmp_path: Pa
     _one_line(err, f"{data}: no training clips for keyword(s) no")
 
 
+def test_train_refuses_data_without_validation_clips(data: Path, tmp_path: Path, capsys, no_tensorflow):
+    (data / "validation_list.txt").unlink(missing_ok=True)
+    code, _, err = _kwspot(capsys, "train", "--data", str(data), "--out", str(tmp_path / "out" / "m"),
+                           "--keywords", "yes,no", "--cache", str(tmp_path / "cache"))
+    assert code == 2
+    _one_line(err, f"{data}: no validation clips")
+
+
+def test_a_clip_list_over_the_size_limit_is_one_line(data: Path, capsys, monkeypatch):
+    monkeypatch.setattr("kwspot.train.data.MAX_LIST_BYTES", 1 << 20)
+    (data / "testing_list.txt").write_text("yes/spk1_nohash_0.wav\n" * 50000)  # 1.1 MB
+    code, _, err = _kwspot(capsys, "evaluate", "--data", str(data), "--cache", str(data.parent / "cache"))
+    assert code == 2
+    _one_line(err, f"{data / 'testing_list.txt'}: over 1 MiB: not a list of clips")
+
+
 # 12: an output stem with a dot in it is kept whole
 
 

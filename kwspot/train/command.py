@@ -122,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         raise KwspotError(f"{args.data}: no clips for keyword(s) {', '.join(data.missing_keywords())}")
     if not data.clips["train"]:
         raise KwspotError(f"{args.data}: no training clips (everything is in the validation or testing list)")
+    if not data.clips["validation"]:
+        raise KwspotError(f"{args.data}: no validation clips (training keeps the epoch that does best on them; "
+                          "name some in validation_list.txt)")
     if data.untrained_keywords():
         raise KwspotError(f"{args.data}: no training clips for keyword(s) {', '.join(data.untrained_keywords())}")
     for folder in args.negatives:

@@ -116,12 +116,18 @@ class Dataset:
         return counts
 
 
+MAX_LIST_BYTES = 64 << 20  # a clip list (Speech Commands' full validation list: under 1 MiB)
+
+
 def _read_list(root: Path, name: str | Path) -> set[str]:
     path = Path(name) if Path(name).is_absolute() else root / name
     if not path.is_file():
         return set()
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_LIST_BYTES + 1)
+        if len(raw) > MAX_LIST_BYTES:
+            raise KwspotError(f"{shown(path)}: over {MAX_LIST_BYTES >> 20} MiB: not a list of clips")
         text = raw.decode("utf-8")
     except OSError as exc:
         raise KwspotError(f"{shown(path)}: unreadable list ({exc.strerror or exc})") from None

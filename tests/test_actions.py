@@ -51,6 +51,16 @@ def test_the_command_gets_the_event_on_stdin_and_in_its_environment(tmp_path):
     assert got == event.to_dict()
 
 
+@pytest.mark.parametrize("keyword, in_env", [("\udce9t\u00e9", b"\xe9t\xc3\xa9"), ("a\ud800b", b"a\\ud800b")])
+def test_a_keyword_no_locale_encodes_still_runs_the_action(tmp_path, keyword, in_env):
+    """A label undecodable bytes came from gets them back; a lone surrogate arrives escaped, and close() is quick."""
+    out = tmp_path / "env"
+    sink = ActionsSink([Action("*", py(f"import os; open({str(out)!r}, 'wb').write(os.environb[b'KWSPOT_KEYWORD'])"))])
+    sink.emit(Event(keyword, 0.9, 1.0))
+    sink.close()
+    assert out.read_bytes() == in_env and sink.started == 1
+
+
 def test_keyword_and_star_choose_the_commands(tmp_path):
     log = tmp_path / "ran"
     append = "import os; open({!r}, 'a').write('{} ' + os.environ['KWSPOT_KEYWORD'] + '\\n')"

@@ -124,8 +124,7 @@ class ActionsSink:
             self._starting += 1
         ours = {"KWSPOT_KEYWORD": event.keyword, "KWSPOT_SCORE": f"{event.score:.4f}", "KWSPOT_T": f"{event.t:.3f}",
                 "KWSPOT_TIME": event.time, "KWSPOT_MODEL": event.model}
-        # bytes: a keyword the locale cannot encode still reaches the action, as UTF-8
-        env = {**os.environb, **{k.encode(): v.encode("utf-8", "surrogateescape") for k, v in ours.items()}}
+        env = {**os.environb, **{k.encode(): _env_value(v) for k, v in ours.items()}}
         try:
             proc = subprocess.Popen(
                 action.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
@@ -246,6 +245,15 @@ class _Output:
             self.log.info("action %s: (more output not logged)", self.label)
         self.lines += 1
         self.line.clear()
+
+
+def _env_value(value: str) -> bytes:
+    """An environment value as UTF-8 bytes: a name the locale could not decode gets its bytes back; a lone
+    surrogate, which no encoding holds, is written as its escape (``\\ud800``)."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace")
 
 
 def _check_executable(keyword: str, argv: list[str]) -> None:

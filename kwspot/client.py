@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import stat
@@ -116,12 +117,24 @@ def event_line(line: bytes, path: Path) -> str:
     """A line from the socket as the daemon writes events: one JSON object, ASCII only, so that a program
     pretending to be the daemon cannot send a terminal its escape sequences; KwspotError for anything else."""
     try:
-        event = json.loads(line)
+        event = json.loads(line, parse_constant=_not_json, parse_float=_finite)
     except (ValueError, RecursionError):  # RecursionError: nested a few thousand deep
         event = None
     if not isinstance(event, dict):
         raise KwspotError(f"{path}: sent a line that is not a JSON event: {line[:60]!r}")
     return json.dumps(event, separators=(",", ":")) + "\n"
+
+
+def _not_json(constant: str) -> float:
+    """NaN and Infinity: Python's json reads them, but they are not JSON, and jq refuses them."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text[:20]} is beyond a double")
+    return value
 
 
 def _silence_stdout(out: TextIO) -> None:

@@ -187,6 +187,9 @@ def fake_daemon(path: Path, data: bytes) -> threading.Thread:
     (b"[" * 50_000 + b"\n", "not a JSON event"),  # nested past Python's recursion limit
     (b'{"keyword": "\x1b[2J"}\n', "not a JSON event"),  # a raw control character is not JSON
     (b"\xff\xfe\n", "not a JSON event"),
+    (b'{"keyword": "stop", "score": NaN}\n', "not a JSON event"),  # Python reads it; jq does not
+    (b'{"keyword": "stop", "score": -Infinity}\n', "not a JSON event"),
+    (b'{"keyword": "stop", "score": 1e999}\n', "not a JSON event"),  # beyond a double
 ])
 def test_a_peer_that_sends_no_events_is_a_one_line_error(tmp_path: Path, data: bytes, needle: str) -> None:
     path = tmp_path / "fake.sock"

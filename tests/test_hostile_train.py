@@ -326,6 +326,20 @@ def test_save_thresholds_without_stream_and_target_is_refused(flags, model_copy:
     assert model_copy.with_suffix(".json").read_bytes() == before
 
 
+@pytest.mark.parametrize("flags", [["--target-fa-per-hour", "5"], ["--snr", "clean"], ["--min-pause-ms", "150"],
+                                   ["--speech", "somewhere"], ["--seed", "3"], ["--verifier", "off"]])
+def test_a_stream_option_without_stream_is_refused_not_ignored(flags, data: Path, capsys):
+    code, _, err = _kwspot(capsys, "evaluate", "--data", str(data), *flags, "--cache", str(data.parent / "cache"))
+    assert code == 2
+    _one_line(err, f"{flags[0]} is a stream-mode option: add --stream")
+
+
+def test_stream_options_at_their_defaults_are_not_refused(data: Path, capsys):
+    code, _, err = _kwspot(capsys, "evaluate", "--data", str(data), "--snr", "20,10,5", "--words", "all",
+                           "--cache", str(data.parent / "cache"))
+    assert code == 0, err
+
+
 def test_save_thresholds_from_a_stream_without_keywords_is_refused(model_copy: Path, data: Path, capsys):
     before = model_copy.with_suffix(".json").read_bytes()
     code, _, err = _kwspot(capsys, "evaluate", "--data", str(data), "--model", str(model_copy), "--stream",

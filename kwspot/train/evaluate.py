@@ -50,33 +50,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="decoded-audio cache (default ~/.cache/kwspot)")
     g = parser.add_argument_group("stream mode")
     g.add_argument("--stream", action="store_true", help="score detection on a generated stream of the listed clips")
-    g.add_argument("--snr", default="20,10,5", type=NumberList(-50.0, 100.0, ("clean",)),
-                   help="SNRs in dB for the words, comma separated, or 'clean'")
-    g.add_argument("--words", default="all", choices=("all", "keywords", "unknown"), help="which listed clips to speak")
-    g.add_argument("--minutes", type=Number(0.0, MAX_STREAM_MINUTES), default=0.0,
-                   help="repeat the clips until the stream is this long")
-    g.add_argument("--other-words-minutes", type=Number(0.0, MAX_STREAM_MINUTES), default=0.0,
-                   help="append this many minutes of the split's other (non-keyword) words, repeated")
-    g.add_argument("--speech", action="append", type=Path, default=[], metavar="DIR",
-                   help="continuous speech with none of the keywords (its split's files): false accepts on speech")
-    g.add_argument("--threshold", type=Number(0.0, 1.0), default=None,
-                   help="one threshold for all keywords (default: model's)")
-    g.add_argument("--target-fa-per-hour", type=Number(0.0, 36000.0), default=None,
-                   help="choose per-keyword thresholds meeting this false-accept rate (all audio of the stream)")
-    g.add_argument("--save-thresholds", action="store_true",
-                   help="write the chosen thresholds into the model's sidecar")
-    g.add_argument("--verifier", default="auto", choices=("auto", "off"),
-                   help="auto: check every event with the model's verifier, as listen does (default); off: do not")
-    g.add_argument("--seed", type=Number(0, 2**32 - 1, integer=True), default=0, help="stream seed")
-    g.add_argument("--hop-ms", type=Number(10.0, 1000.0), default=100.0)
-    g.add_argument("--smoothing-hops", type=Number(1, 50, integer=True), default=DetectorSettings.smoothing_hops)
-    g.add_argument("--min-consecutive", type=Number(1, 50, integer=True), default=DetectorSettings.min_consecutive)
-    g.add_argument("--refractory-s", type=Number(0.0, 60.0), default=DetectorSettings.refractory_s)
-    g.add_argument("--min-pause-ms", type=Number(0.0, 2000.0), default=DetectorSettings.min_pause_ms,
-                   help="isolated-command gate: quiet this long before and after a command (0: off)")
-    g.add_argument("--phrases", action="append", type=Path, default=[], metavar="DIR",
-                   help="folder of folders of short recordings without keywords (the split's share, by file-name "
-                        "hash), appended to the continuous speech")
+    stream_only: list[argparse.Action] = []
+
+    def add(*names: str, **kwargs: Any) -> None:
+        stream_only.append(g.add_argument(*names, **kwargs))
+
+    add("--snr", default="20,10,5", type=NumberList(-50.0, 100.0, ("clean",)),
+        help="SNRs in dB for the words, comma separated, or 'clean'")
+    add("--words", default="all", choices=("all", "keywords", "unknown"), help="which listed clips to speak")
+    add("--minutes", type=Number(0.0, MAX_STREAM_MINUTES), default=0.0,
+        help="repeat the clips until the stream is this long")
+    add("--other-words-minutes", type=Number(0.0, MAX_STREAM_MINUTES), default=0.0,
+        help="append this many minutes of the split's other (non-keyword) words, repeated")
+    add("--speech", action="append", type=Path, default=[], metavar="DIR",
+        help="continuous speech with none of the keywords (its split's files): false accepts on speech")
+    add("--threshold", type=Number(0.0, 1.0), default=None,
+        help="one threshold for all keywords (default: model's)")
+    add("--target-fa-per-hour", type=Number(0.0, 36000.0), default=None,
+        help="choose per-keyword thresholds meeting this false-accept rate (all audio of the stream)")
+    add("--save-thresholds", action="store_true",
+        help="write the chosen thresholds into the model's sidecar")
+    add("--verifier", default="auto", choices=("auto", "off"),
+        help="auto: check every event with the model's verifier, as listen does (default); off: do not")
+    add("--seed", type=Number(0, 2**32 - 1, integer=True), default=0, help="stream seed")
+    add("--hop-ms", type=Number(10.0, 1000.0), default=100.0)
+    add("--smoothing-hops", type=Number(1, 50, integer=True), default=DetectorSettings.smoothing_hops)
+    add("--min-consecutive", type=Number(1, 50, integer=True), default=DetectorSettings.min_consecutive)
+    add("--refractory-s", type=Number(0.0, 60.0), default=DetectorSettings.refractory_s)
+    add("--min-pause-ms", type=Number(0.0, 2000.0), default=DetectorSettings.min_pause_ms,
+        help="isolated-command gate: quiet this long before and after a command (0: off)")
+    add("--phrases", action="append", type=Path, default=[], metavar="DIR",
+        help="folder of folders of short recordings without keywords (the split's share, by file-name "
+             "hash), appended to the continuous speech")
+    # what each flag holds when not given (a string default is parsed by its type, as argparse does)
+    parser.set_defaults(stream_only=tuple(
+        (a.option_strings[0], a.dest, a.type(a.default) if isinstance(a.default, str) and a.type else a.default)
+        for a in stream_only))
 
 
 def split_of_list(name: str) -> str:
@@ -90,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.save_thresholds and not (args.stream and args.target_fa_per_hour is not None):
         raise KwspotError("--save-thresholds needs --stream and --target-fa-per-hour")
+    given = [flag for flag, dest, default in args.stream_only if getattr(args, dest) != default]
+    if given and not args.stream:
+        raise KwspotError(f"{given[0]} is a stream-mode option: add --stream (clips are scored without it)")
     writable_cache(args.cache)
     model = Model(args.model or bundled_model_path())
     if not args.stream:

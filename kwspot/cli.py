@@ -79,6 +79,11 @@ def run_listen(args: argparse.Namespace) -> int:
 
     if args.fast and not (args.input and args.input != "-"):
         raise KwspotError("--fast needs --input FILE")
+    if args.input and (args.device is not None or args.backend):
+        flag = "--device" if args.device is not None else "--backend"
+        raise KwspotError(f"{flag} chooses how to capture, but --input {args.input} is the audio: give one of them")
+    if args.input and args.input != "-" and args.rate:
+        raise KwspotError(f"--rate is for capture or raw stdin; --input {args.input} says its own rate")
     flags = listen_flags(args)
     settings, path = resolve(args.config, flags)
     setup_logging(settings["logging"]["level"], settings["logging"]["format"])

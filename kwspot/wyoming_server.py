@@ -238,11 +238,12 @@ class WakeConnection(AsyncEventHandler):
 
     def _choose(self, detect: Detect) -> None:
         self.context = detect.context
-        if not detect.names:
+        asked = [detect.names] if isinstance(detect.names, str) else detect.names  # "stop": one name, not 4
+        if not asked:
             self.names = None
         else:
-            known = [name for name in detect.names if name in self.service.keywords]
-            unknown = [name for name in detect.names if name not in self.service.keywords]
+            known = [name for name in asked if name in self.service.keywords]
+            unknown = [name for name in asked if name not in self.service.keywords]
             if unknown and not self.warned_names:  # once a connection; client text shown escaped and short
                 self.warned_names = True
                 self.service.complain("client %d asked for %s; this model knows %s", self.id,

@@ -196,6 +196,8 @@ def test_detect_names_limit_the_keywords(server, real_stream):
         assert {d for d in everything if d[0] in chosen} <= set(only)
     assert detections(over_tcp(server.port, pcm, names=["okay_nabu"])) == []
     assert "okay_nabu" in server.log
+    go_only = detections(over_tcp(server.port, pcm, names=["go"]))
+    assert detections(over_tcp(server.port, pcm, names="go")) == go_only  # a string is one name, not 'g', 'o'
 
 
 def test_any_rate_width_and_channels_go_through_the_same_resampler(server, real_stream):

@@ -462,7 +462,8 @@ def test_a_reload_that_fails_any_way_is_refused_in_the_log_and_the_server_report
     from kwspot.wyoming_server import _reload
 
     class Notifier:
-        said: list[str] = []
+        def __init__(self) -> None:
+            self.said: list[str] = []
 
         def reloading(self) -> None:
             self.said.append("reloading")

@@ -380,6 +380,22 @@ def test_clients_beyond_max_clients_are_turned_away(make_sink, sock_path: Path, 
     extra.close()
 
 
+def test_clients_gone_before_the_loop_read_their_close_do_not_hold_the_limit(make_sink, sock_path: Path,
+                                                                                caplog) -> None:
+    """A burst of connect-and-close clients: a new one is served although the old ones' close is not read yet."""
+    caplog.set_level(logging.WARNING, logger="kwspot.socket")
+    sink = make_sink(max_clients=2)
+    with sink._lock:  # the loop cannot file a client meanwhile: all three wait to be accepted in one go
+        gone_a, gone_b, late = connect(sock_path, 3)
+        gone_a.close()
+        gone_b.close()
+    wait_for(lambda: sink.accepted == 3, what="the late client served")
+    sink.emit(Event("yes", 0.9, t=0.1))
+    assert json.loads(read_lines(late, 1)[0])["keyword"] == "yes"
+    assert not any("refused" in r.getMessage() for r in caplog.records)
+    late.close()
+
+
 def test_a_tally_tells_its_count_at_most_once_an_interval() -> None:
     """The shared rate limit of 'refused N clients' lines (socket sink, Wyoming server)."""
     from kwspot.logs import Tally

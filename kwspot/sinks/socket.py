@@ -371,6 +371,8 @@ class SocketSink:
                     self._accept_paused_until = time.monotonic() + 1.0
                 return  # ECONNABORTED and friends: the client already left
             if len(self._clients) >= self.max_clients:
+                self._reap_hung_up()
+            if len(self._clients) >= self.max_clients:
                 self._refused.add()
                 self._report_refused()
                 sock.close()
@@ -383,6 +385,14 @@ class SocketSink:
                 self.accepted += 1  # counted once it is served: a reader of the count may emit to it at once
                 n = len(self._clients)
             self.log.debug("client %d connected (%d connected)", c.id, n)
+
+    def _reap_hung_up(self) -> None:
+        """At the limit: drop the clients that have closed but whose close the loop has not read yet."""
+        with self._lock:
+            clients = list(self._clients.values())
+        for c in clients:
+            if _peer_hung_up(c.sock):
+                self._drop(c, "disconnected")
 
     def _read(self, c: _Client) -> bool:
         """Discard what the client sent; False if the client is gone."""

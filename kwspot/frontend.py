@@ -47,7 +47,8 @@ def resample(audio: np.ndarray, rate: float, to: float = SAMPLE_RATE) -> np.ndar
 
 def unreadable(path: str | Path, exc: Exception) -> KwspotError:
     """The one-line error for an audio file soundfile cannot read."""
-    detail = str(exc).strip().split("\n")[0]
+    # libsndfile's own words, without soundfile's "Error opening b'/path':" (the path leads the line already)
+    detail = (getattr(exc, "error_string", None) or str(exc)).strip().split("\n")[0]
     return KwspotError(f"{shown(path)}: not a readable audio file ({detail})")
 
 

@@ -77,8 +77,9 @@ def test_fit_window_pads_short_and_centres_long():
 def test_unreadable_files_are_named(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF1234WAVEjunkjunk")
-    with pytest.raises(KwspotError, match="bad.wav: not a readable audio file"):
+    with pytest.raises(KwspotError, match="bad.wav: not a readable audio file") as err:
         load_audio(bad)
+    assert "b'" not in str(err.value) and str(err.value).count("bad.wav") == 1  # named once, as text
     with pytest.raises(KwspotError, match="no such audio file"):
         FileSource(tmp_path / "missing.flac")
     empty = tmp_path / "empty.wav"

@@ -8,7 +8,9 @@ them with escapes.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 NAME_MAX = 255  # bytes in one part of a path (Linux, most file systems)
@@ -23,11 +25,15 @@ def shown(path: str | os.PathLike[str]) -> str:
 def not_a_file(path: Path, what: str) -> str:
     """Why ``path`` (not a regular file) cannot be the ``what`` file, for a message: missing, a directory, a device."""
     article = "an" if what[0] in "aeiou" else "a"
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:  # a loop of symbolic links, a file used as a folder, no permission
+            return f"cannot reach {article} {what} file there ({exc.strerror})"
+        return f"a symbolic link to nothing, no {what} file" if path.is_symlink() else f"no such {what} file"
+    if stat.S_ISDIR(mode):
         return f"a directory, not {article} {what} file"
-    if path.exists():
-        return f"not a regular file (a device, pipe or socket), not {article} {what} file"
-    return f"no such {what} file"
+    return f"not a regular file (a device, pipe or socket), not {article} {what} file"
 
 
 def checked(path: str | os.PathLike[str], what: str = "file") -> Path:

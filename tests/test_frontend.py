@@ -74,6 +74,21 @@ def test_fit_window_pads_short_and_centres_long():
     assert out.size == 1000 and out.sum() == 200
 
 
+def test_a_path_that_leads_nowhere_says_why(tmp_path):
+    """Not "no such file" for everything: a loop of links, a dangling link, a file used as a folder."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "gone.wav")
+    (tmp_path / "plain").write_text("x")
+    for path, why in [(tmp_path / "a", "cannot reach an audio file there (Too many levels of symbolic links)"),
+                      (tmp_path / "dangling.wav", "a symbolic link to nothing, no audio file"),
+                      (tmp_path / "plain" / "x.wav", "cannot reach an audio file there (Not a directory)"),
+                      (tmp_path / "absent.wav", "no such audio file")]:
+        with pytest.raises(KwspotError) as err:
+            load_audio(path)
+        assert str(err.value) == f"{path}: {why}"
+
+
 def test_unreadable_files_are_named(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF1234WAVEjunkjunk")

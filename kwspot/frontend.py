@@ -76,6 +76,19 @@ def open_audio(path: str | Path) -> soundfile.SoundFile:
     return audio
 
 
+# Float audio is full scale at 1. A little over happens (a mix with no headroom), but 60 dB over full scale is no
+# recording: it is data of another scale (e.g. int16 counts stored as float) or garbage, whose features are
+# meaningless and, near 1e19, overflow float32 in the power spectrum.
+MAX_SAMPLE = 1e3
+
+
+def refuse_far_outside(path: str | Path, frames: np.ndarray) -> None:
+    """KwspotError naming the file if any of its float samples is 60 dB or more over full scale."""
+    huge = int(np.count_nonzero(np.abs(frames) > MAX_SAMPLE))
+    if huge:
+        raise KwspotError(f"{shown(path)}: samples far outside [-1, 1] ({huge} of magnitude over {MAX_SAMPLE:g})")
+
+
 def count_nonfinite(audio: np.ndarray) -> int:
     """How many samples are NaN or infinite (0 for ordinary audio, checked cheaply)."""
     if np.isfinite(audio).all():

@@ -12,15 +12,19 @@ import numpy as np
 import soundfile
 
 from kwspot.errors import KwspotError
-from kwspot.frontend import StreamResampler, count_nonfinite, fit_window, open_audio, to_mono, unreadable
+from kwspot.frontend import (
+    StreamResampler,
+    count_nonfinite,
+    fit_window,
+    open_audio,
+    refuse_far_outside,
+    to_mono,
+    unreadable,
+)
 from kwspot.model import Model
 from kwspot.paths import shown
 
 BLOCK_S = 1.0  # read long files a second at a time: memory stays bounded whatever their length
-# Float audio is full scale at 1. A little over happens (a mix with no headroom), but 60 dB over full scale is no
-# recording: it is data of another scale (e.g. int16 counts stored as float) or garbage, whose features are
-# meaningless and, near 1e19, overflow float32 in the power spectrum.
-MAX_SAMPLE = 1e3
 
 
 def loudest_window(path: str | Path, length: int) -> np.ndarray:
@@ -41,10 +45,7 @@ def loudest_window(path: str | Path, length: int) -> np.ndarray:
             bad = count_nonfinite(frames)
             if bad:
                 raise KwspotError(f"{shown(path)}: {bad} samples are NaN or infinite")
-            huge = int(np.count_nonzero(np.abs(frames) > MAX_SAMPLE))
-            if huge:
-                raise KwspotError(f"{shown(path)}: samples far outside [-1, 1] "
-                                  f"({huge} of magnitude over {MAX_SAMPLE:g})")
+            refuse_far_outside(path, frames)
             samples = resampler.process(to_mono(frames), last=len(frames) < block)
             window = np.concatenate((tail, samples))
             if window.size >= length:

@@ -21,7 +21,7 @@ import numpy as np
 
 from kwspot.devices import audio_landscape, import_sounddevice, release_alsa_plugins, resolve_device
 from kwspot.errors import KwspotError
-from kwspot.frontend import SAMPLE_RATE, StreamResampler, open_audio, to_mono
+from kwspot.frontend import SAMPLE_RATE, StreamResampler, open_audio, refuse_far_outside, to_mono
 from kwspot.paths import shown
 from kwspot.pipe_source import StdinSource, is_pipe_like
 
@@ -117,6 +117,7 @@ class FileSource(Source):
             frames = to_mono(self._file.read(want, dtype="float32", always_2d=True))
         except (soundfile.LibsndfileError, RuntimeError) as exc:
             raise KwspotError(f"{shown(self.path)}: unreadable audio past frame {self._frames_read} ({exc})") from None
+        refuse_far_outside(self.path, frames)
         self._eof = len(frames) < want
         self._chunk = np.concatenate((self._chunk, frames)) if self._chunk.size else frames
 

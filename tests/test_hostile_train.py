@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from conftest import run_kwspot
 from kwspot.errors import KwspotError
 from kwspot.model import bundled_model_path
 
@@ -364,10 +365,10 @@ def test_stream_minutes_are_bounded(flag, capsys):
     assert MAX_STREAM_MINUTES * 2 * 12e6 < 8e9  # both at their most: the stream's build stays under 8 GB
 
 
-# 22: predict refuses samples far outside [-1, 1]
+# 22: predict and listen refuse samples far outside [-1, 1]
 
 
-def test_predict_refuses_samples_far_outside_full_scale(tmp_path: Path, capsys):
+def test_predict_and_listen_refuse_samples_far_outside_full_scale(tmp_path: Path, capsys):
     huge = tmp_path / "huge.wav"
     x = 0.3 * np.sin(np.arange(16000) / 5.0)
     soundfile.write(str(huge), (x * 1e30).astype(np.float32), 16000, subtype="FLOAT")
@@ -378,3 +379,6 @@ def test_predict_refuses_samples_far_outside_full_scale(tmp_path: Path, capsys):
     assert code == 2
     _one_line(err, f"{huge}: samples far outside [-1, 1]")
     assert out.startswith(f"{loud}\t")
+    listened = run_kwspot("listen", "--input", str(huge), "--fast", "--format", "jsonl", timeout=60)
+    assert listened.returncode != 0 and listened.stdout == ""  # no event from garbage, as predict says
+    assert f"{huge}: samples far outside [-1, 1]" in listened.stderr and "Traceback" not in listened.stderr

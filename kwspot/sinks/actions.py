@@ -141,15 +141,14 @@ class ActionsSink:
             self._running.add(proc)
             self.started += 1
         try:
-            timed_out = self._talk(action, event, proc)
-        finally:
+            if self._talk(action, event, proc):
+                self.log.warning("action %s: killed after %g s (timeout_s)", action.label, self.timeout_s)
+            elif proc.returncode:
+                self.log.warning("action %s: exited with status %d", action.label, proc.returncode)
+        finally:  # only now does it stop counting as running: its end is logged by then
             with self._cond:
                 self._running.discard(proc)
                 self._cond.notify_all()
-        if timed_out:
-            self.log.warning("action %s: killed after %g s (timeout_s)", action.label, self.timeout_s)
-        elif proc.returncode:
-            self.log.warning("action %s: exited with status %d", action.label, proc.returncode)
 
     def _talk(self, action: Action, event: Event, proc: subprocess.Popen) -> bool:
         """Event JSON in; output to the log until EOF, the timeout or close; then the end. True: killed for time."""

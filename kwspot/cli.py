@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import io
 import logging
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from kwspot import MAX_RATE, MIN_RATE, __version__, interrupt
+from kwspot import MAX_RATE, MIN_RATE, __version__, interrupt, stdio
 from kwspot.argtypes import Number, command_line
 from kwspot.errors import KwspotError
 
@@ -75,6 +74,7 @@ class OneLineParser(argparse.ArgumentParser):
 def run_listen(args: argparse.Namespace) -> int:
     from kwspot.listen import Listener, ListenRequest, StoppedDuringStart
     from kwspot.logs import setup_logging
+    from kwspot.pipe_source import is_pipe_like
     from kwspot.settings import listen_flags, resolve
 
     if args.fast and not (args.input and args.input != "-"):
@@ -82,8 +82,8 @@ def run_listen(args: argparse.Namespace) -> int:
     if args.input and (args.device is not None or args.backend):
         flag = "--device" if args.device is not None else "--backend"
         raise KwspotError(f"{flag} chooses how to capture, but --input {args.input} is the audio: give one of them")
-    if args.input and args.input != "-" and args.rate:
-        raise KwspotError(f"--rate is for capture or raw stdin; --input {args.input} says its own rate")
+    if args.input and args.input != "-" and args.rate and not is_pipe_like(args.input):
+        raise KwspotError(f"--rate is for capture or raw PCM on a pipe; --input {args.input} says its own rate")
     flags = listen_flags(args)
     settings, path = resolve(args.config, flags)
     setup_logging(settings["logging"]["level"], settings["logging"]["format"])
@@ -149,9 +149,14 @@ def build_parser(argv: list[str] | None = None, every: bool = False) -> argparse
     return parser
 
 
+PRINTS_RESULTS = frozenset({"devices", "predict", "evaluate", "events"})  # their results go to stdout
+
+
 def run(args: argparse.Namespace) -> int:
     from kwspot.logs import setup_logging
 
+    if args.command in PRINTS_RESULTS and sys.stdout is None:
+        raise KwspotError(f"stdout is closed; kwspot {args.command} prints its results there")
     if args.command != "listen":
         setup_logging(getattr(args, "log_level", None) or "info", "auto")
     return SUBCOMMANDS[args.command][2](args)
@@ -159,12 +164,18 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     interrupt.install()
-    if isinstance(sys.stdout, io.TextIOWrapper):  # a keyword the locale cannot encode prints as an escape
-        sys.stdout.reconfigure(errors="backslashreplace")
+    stdio.fill_closed_fds()
+    stdio.tag_stdout()
     try:
         code = run(build_parser(argv).parse_args(argv))
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a full disk is told here, not by the interpreter at exit
     except KwspotError as exc:
-        print(f"kwspot: error: {exc}", file=sys.stderr)
+        stdio.say(f"kwspot: error: {exc}")
+        code = 2
+    except stdio.StdoutFailed as exc:
+        stdio.silence_stdout()
+        stdio.say(f"kwspot: error: stdout: {exc.strerror}")
         code = 2
     except KeyboardInterrupt:
         code = 130
@@ -172,9 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc.__cause__, KeyboardInterrupt):
             raise
         code = 130  # Ctrl-C while an extension module initialised (nanobind's, e.g. soxr, re-raise it so)
-    except BrokenPipeError:
-        # The reader of our stdout went away: nothing more to say.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # the reader of our stdout went away: nothing more to say
+        stdio.silence_stdout()
         code = 0
     sources = sys.modules.get("kwspot.sources")
     if sources is not None and sources.LiveSource.hung:

@@ -225,4 +225,7 @@ def override(settings: dict[str, dict[str, Any]], name: str, value: Any) -> None
     if value is None:
         return
     section, key = name.split(".")
-    settings[section][key] = CHECKS[name](f"--{key.replace('_', '-')}", value)
+    try:
+        settings[section][key] = CHECKS[name](f"--{key.replace('_', '-')}", value)
+    except KwspotError as exc:  # the flag leads the line: it is no file's
+        raise KwspotError(str(exc).removeprefix("config: ")) from None

@@ -108,18 +108,18 @@ def resolve_device(device: int | str | None) -> dict[str, Any]:
         if not matches:
             raise KwspotError(NO_DEVICE_HELP)
         return matches[0]
-    if isinstance(device, int) or (isinstance(device, str) and device.isdigit()):
+    if isinstance(device, int) or (isinstance(device, str) and device.isdecimal()):
         matches = [d for d in devices if d["index"] == int(device)]
         if not matches:
-            raise KwspotError(f"--device {device}: no input device has that index (see `kwspot devices`)")
+            raise KwspotError(f"audio device {device}: no input device has that index (see `kwspot devices`)")
         return matches[0]
     matches = [d for d in devices if device.lower() in d["name"].lower()]
     if not matches:
-        raise KwspotError(f"--device {device!r}: no input device name contains it (see `kwspot devices`)")
+        raise KwspotError(f"audio device {device!r}: no input device name contains it (see `kwspot devices`)")
     exact = [d for d in matches if d["name"].lower() == device.lower()]
     if len(matches) > 1 and len(exact) != 1:
         names = "; ".join(f"{d['index']}: {d['name']}" for d in matches)
-        raise KwspotError(f"--device {device!r} matches several input devices ({names}): be more precise")
+        raise KwspotError(f"audio device {device!r} matches several input devices ({names}): be more precise")
     return exact[0] if exact else matches[0]
 
 

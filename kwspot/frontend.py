@@ -45,11 +45,31 @@ def resample(audio: np.ndarray, rate: float, to: float = SAMPLE_RATE) -> np.ndar
     return soxr.resample(audio, rate, to, quality=RESAMPLE_QUALITY).astype(np.float32)
 
 
+def sndfile_words(exc: Exception) -> str:
+    """libsndfile's own words for ``exc``, without soundfile's "Error opening <what>:" (the caller names it)."""
+    return (getattr(exc, "error_string", None) or str(exc)).strip().split("\n")[0]
+
+
 def unreadable(path: str | Path, exc: Exception) -> KwspotError:
     """The one-line error for an audio file soundfile cannot read."""
-    # libsndfile's own words, without soundfile's "Error opening b'/path':" (the path leads the line already)
-    detail = (getattr(exc, "error_string", None) or str(exc)).strip().split("\n")[0]
-    return KwspotError(f"{shown(path)}: not a readable audio file ({detail})")
+    return KwspotError(f"{shown(path)}: not a readable audio file ({sndfile_words(exc)})")
+
+
+MAX_CHANNELS = 64  # mixed to mono; a file with more is no recording of a room, and would cost memory per frame
+
+
+def check_format(rate: int, channels: int, name: str = "") -> None:
+    """KwspotError (naming ``name`` where given) if the rate or channel count is not one kwspot takes in."""
+    where = f"{name}: " if name else ""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise KwspotError(f"{where}sample rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
+    if channels > MAX_CHANNELS:
+        raise KwspotError(f"{where}{channels} channels; kwspot mixes at most {MAX_CHANNELS} to mono")
+
+
+def block_frames(rate: int, channels: int, seconds: float) -> int:
+    """Frames to read at a time so that a block holds about ``seconds`` of mono samples: memory stays bounded."""
+    return max(1, int(rate * seconds) // max(1, channels))
 
 
 def open_audio(path: str | Path) -> soundfile.SoundFile:
@@ -70,9 +90,11 @@ def open_audio(path: str | Path) -> soundfile.SoundFile:
     if audio.frames == 0:
         audio.close()
         raise KwspotError(f"{shown(path)}: audio file holds no samples")
-    if not MIN_RATE <= audio.samplerate <= MAX_RATE:
+    try:
+        check_format(int(audio.samplerate), int(audio.channels), shown(path))
+    except KwspotError:
         audio.close()
-        raise KwspotError(f"{shown(path)}: sample rate {audio.samplerate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
+        raise
     return audio
 
 
@@ -83,8 +105,9 @@ MAX_SAMPLE = 1e3
 
 
 def refuse_far_outside(path: str | Path, frames: np.ndarray) -> None:
-    """KwspotError naming the file if any of its float samples is 60 dB or more over full scale."""
-    huge = int(np.count_nonzero(np.abs(frames) > MAX_SAMPLE))
+    """KwspotError naming the file if any of its float samples is 60 dB or more over full scale (but finite:
+    NaN and infinite samples are the callers' to count)."""
+    huge = int(np.count_nonzero((np.abs(frames) > MAX_SAMPLE) & np.isfinite(frames)))
     if huge:
         raise KwspotError(f"{shown(path)}: samples far outside [-1, 1] ({huge} of magnitude over {MAX_SAMPLE:g})")
 
@@ -109,6 +132,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     bad = count_nonfinite(audio)
     if bad:
         raise KwspotError(f"{shown(path)}: {bad} of {audio.size} samples are NaN or infinite")
+    refuse_far_outside(path, audio)
     return to_mono(audio), rate
 
 

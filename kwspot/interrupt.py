@@ -21,5 +21,7 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """Record SIGINT (and still raise KeyboardInterrupt) until a command installs its own handler."""
-    signal.signal(signal.SIGINT, _on_sigint)
+    """Record SIGINT (and still raise KeyboardInterrupt) until a command installs its own handler; an ignored
+    SIGINT (a background job of a shell script, ``nohup``) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _on_sigint)

@@ -28,7 +28,7 @@ from kwspot import interrupt
 from kwspot.detector import Detector, DetectorSettings
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE
-from kwspot.model import Model, bundled_model_path, model_file
+from kwspot.model import Model, bundled_model_path
 from kwspot.modelfile import check_thresholds
 from kwspot.notify import SystemdNotifier
 from kwspot.pipeline import Pipeline, level_db
@@ -194,6 +194,8 @@ class Listener:
     def install_signal_handlers(self) -> dict[int, Any]:
         """SIGINT/SIGTERM stop the loop cleanly, SIGHUP reloads; returns the handlers replaced."""
         handlers = {signal.SIGINT: self._on_stop, signal.SIGTERM: self._on_stop, signal.SIGHUP: self._on_hup}
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # ignored by whoever started us: it stays so
+            del handlers[signal.SIGINT]
         saved = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
         if interrupt.requested:  # a Ctrl-C during start-up that Python dropped
             self._on_stop(signal.SIGINT, None)
@@ -316,8 +318,8 @@ class Listener:
         self.notifier.reloading()
         try:
             settings, path = resolve(self.request.config_path, self.request.flags)
-            if settings["model"]["path"] is not None:  # a model file that would not start kwspot refuses the reload
-                model_file(settings["model"]["path"])
+            if settings["model"]["path"] is not None:  # a model that would not start kwspot refuses the reload
+                Model(settings["model"]["path"])  # loaded to be checked only: a new model needs a restart
             new_detector = Detector(self.model.labels, detector_settings(
                 settings, self.model, self.request.cli_threshold, str(path or "config")))
             verifier_changed = settings["detector"]["verifier"] != self.settings["detector"]["verifier"]

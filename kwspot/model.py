@@ -37,7 +37,11 @@ def bundled_model_path() -> Path:
 @contextmanager
 def _quiet_stderr() -> Iterator[None]:
     """Hide LiteRT's C++ INFO chatter ("Created TensorFlow Lite XNNPACK delegate") on fd 2."""
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # fd 2 is closed: nothing to hide it from
+        yield
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
@@ -56,6 +60,7 @@ def model_file(path: str | Path) -> Path:
     return file
 
 
+SCORE_SLACK = 1e-3  # how far outside 0..1 a float32 softmax may round
 MAX_MODEL_BYTES = 256 << 20  # the bundled model is 0.3 MiB; a file past this is not a keyword model
 
 
@@ -115,11 +120,9 @@ class Model:
     def _check_scores(self) -> None:
         """One window of silence must give probabilities (finite, 0..1): a model that gives anything else is refused."""
         try:
-            scores = self._invoke(np.zeros(self._input_shape, np.float32))
+            self._invoke(np.zeros(self._input_shape, np.float32))
         except (ValueError, RuntimeError) as exc:
             raise KwspotError(f"{self.path}: model does not run ({str(exc).strip().splitlines()[0]})") from None
-        if not (np.isfinite(scores).all() and (scores >= -1e-3).all() and (scores <= 1.0 + 1e-3).all()):
-            raise KwspotError(f"{self.path}: model gives scores that are not probabilities (e.g. {float(scores[0]):g})")
 
     @property
     def name(self) -> str:
@@ -148,7 +151,12 @@ class Model:
         return self._invoke(window if self.front_end is None else self.front_end(window))
 
     def _invoke(self, fed: np.ndarray) -> np.ndarray:
-        """The network on one window's input (raw samples, or features), as float32 probabilities."""
+        """The network on one window's input (raw samples, or features), as float32 probabilities; KwspotError
+        if they are not (NaN, or outside 0..1): a model broken on some input is refused there, not obeyed."""
         self._interpreter.set_tensor(self._input["index"], fed.reshape(self._input_shape))
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output["index"])[0].astype(np.float32)
+        scores = self._interpreter.get_tensor(self._output["index"])[0].astype(np.float32)
+        wrong = scores[~((scores >= -SCORE_SLACK) & (scores <= 1.0 + SCORE_SLACK))]  # NaN compares False: wrong
+        if wrong.size:
+            raise KwspotError(f"{self.path}: model gives scores that are not probabilities (e.g. {float(wrong[0]):g})")
+        return scores

@@ -27,6 +27,7 @@ from typing import Any
 
 from kwspot.errors import KwspotError
 from kwspot.features import LogMelSpec
+from kwspot.paths import not_a_file
 
 
 def keywords_of(labels: Iterable[str]) -> tuple[str, ...]:
@@ -87,7 +88,8 @@ def check_thresholds(thresholds: Any, keywords: Iterable[str], where: str) -> di
     out = {}
     for word, value in thresholds.items():
         if word not in keywords:
-            raise KwspotError(f"{where}.{word!s:.40} is not one of the model's keywords ({', '.join(keywords)})")
+            shown_words = ", ".join(keywords[:MAX_LISTED]) + (", ..." if len(keywords) > MAX_LISTED else "")
+            raise KwspotError(f"{where}.{word!s:.40} is not one of the model's keywords ({shown_words})")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise KwspotError(f"{where}.{word} must be a number from 0 to 1, not {value!r:.40}")
         out[str(word)] = float(value)
@@ -103,10 +105,34 @@ def _verifier(value: Any, keywords: tuple[str, ...], path: Path) -> VerifierFile
     threshold = value.get("threshold", 0.5)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise KwspotError(f"{path}: verifier.threshold must be a number from 0 to 1, not {threshold!r:.40}")
-    thresholds = check_thresholds(value.get("thresholds") or {}, keywords, f"{path}: verifier.thresholds")
+    thresholds = check_thresholds(_mapping_or_none(value.get("thresholds")), keywords, f"{path}: verifier.thresholds")
     return VerifierFile(path.parent / head, float(threshold), thresholds)
 
 
+def _mapping_or_none(value: Any) -> Any:
+    """A thresholds value as written: null means none; anything else is checked as a mapping (0 or [] is wrong)."""
+    return {} if value is None else value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct (json would keep the last of a repeated key without a word)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        repeated = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+        raise ValueError(f"the key {repeated!r:.40} appears twice")
+    return out
+
+
+LABEL_FORBIDDEN = "/ # +"  # MQTT topic separators and wildcards: a label names a topic (hermes)
+
+
+def label_ok(name: str) -> bool:
+    """A label or keyword name events and topics can carry: printable text without ``/``, ``#`` or ``+``."""
+    return name.isprintable() and not any(c in name for c in LABEL_FORBIDDEN.split())
+
+
+MAX_FRAMES = 4000  # frames of a window (the bundled model: 97)
+MAX_LISTED = 20  # keywords an error message lists
 MAX_FFT = 8192  # 1 s at 8 kHz in one frame; the bundled model uses 256
 
 
@@ -119,6 +145,9 @@ def _features(value: Any, window_samples: int, sample_rate: int, path: Path) -> 
     ints = {key: _whole(value, key, 0, path) for key in ("frame", "hop", "fft", "mels")}
     if ints["fft"] < ints["frame"] or ints["frame"] > window_samples:
         raise KwspotError(f"{where}: frame {ints['frame']} must fit both fft {ints['fft']} and the window")
+    if (frames := 1 + (window_samples - ints["frame"]) // ints["hop"]) > MAX_FRAMES:  # each a row of fft floats
+        raise KwspotError(f"{where}: hop {ints['hop']} gives {frames} frames a window, more than {MAX_FRAMES} "
+                          "(a keyword model's front end uses about a hundred)")
     if ints["fft"] > MAX_FFT or ints["mels"] > ints["fft"] // 2 + 1:  # the DFT matrix is frame x fft floats
         raise KwspotError(f"{where}: fft {ints['fft']} and mels {ints['mels']} must be at most {MAX_FFT} and "
                           f"fft/2 + 1 (a keyword model's front end uses a few hundred)")
@@ -147,11 +176,13 @@ def check(meta: Any, path: Path) -> ModelFile:
     labels = meta.get("labels") if isinstance(meta, dict) else None
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
         raise KwspotError(f"{path}: sidecar has no list of 'labels'")
+    if bad := next((x for x in labels if not label_ok(x)), None):
+        raise KwspotError(f"{path}: sidecar label {bad!r:.40} must be printable, without {LABEL_FORBIDDEN}")
     if len(set(labels)) != len(labels):
         raise KwspotError(f"{path}: sidecar 'labels' repeat a name")
     if not keywords_of(labels):
         raise KwspotError(f"{path}: sidecar 'labels' name no keyword (every label starts with '_')")
-    thresholds = check_thresholds(meta.get("thresholds") or {}, keywords_of(labels), f"{path}: thresholds")
+    thresholds = check_thresholds(_mapping_or_none(meta.get("thresholds")), keywords_of(labels), f"{path}: thresholds")
     sample_rate = _whole(meta, "sample_rate", 8000, path)
     window_samples = _whole(meta, "window_samples", 8000, path, high=MAX_WINDOW_S * sample_rate)
     return ModelFile(
@@ -169,10 +200,12 @@ def check(meta: Any, path: Path) -> ModelFile:
 def read(model_path: str | Path) -> ModelFile:
     """Read and check the sidecar of ``model_path`` (the ``.tflite``)."""
     path = sidecar_path(model_path)
+    if os.path.lexists(path) and not path.is_file():  # a device would be read without end, a FIFO wait for ever
+        raise KwspotError(f"{path}: {not_a_file(path, 'model sidecar')}")
     try:
         if path.stat().st_size > MAX_SIDECAR_BYTES:
             raise KwspotError(f"{path}: model sidecar over {MAX_SIDECAR_BYTES >> 20} MiB")
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except FileNotFoundError:
         raise KwspotError(f"{path}: model sidecar missing (labels and front-end settings)") from None
     except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
@@ -184,9 +217,11 @@ def write(model_path: str | Path, meta: dict[str, Any]) -> ModelFile:
     """Check ``meta`` and write it as the sidecar of ``model_path``, atomically (tmp file + rename)."""
     path = sidecar_path(model_path)
     checked = check(meta, path)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
+            tmp = Path(fh.name)
             json.dump(meta, fh, indent=2, default=str)
             fh.write("\n")
         umask = os.umask(0)
@@ -194,6 +229,8 @@ def write(model_path: str | Path, meta: dict[str, Any]) -> ModelFile:
         os.chmod(fh.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; the daemon may run as another user
         os.replace(fh.name, path)
     except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file beside the model
         raise KwspotError(f"{path}: cannot write the model sidecar ({exc.strerror or exc})") from None
     return checked
 

@@ -9,25 +9,27 @@ timeout, so signals are handled while a pipe is silent.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
 import select
 import stat
+import sys
 import threading
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from kwspot import MAX_RATE, MIN_RATE
 from kwspot.errors import KwspotError
-from kwspot.frontend import StreamResampler, to_mono
+from kwspot.frontend import StreamResampler, check_format, refuse_far_outside, sndfile_words, to_mono
 from kwspot.paths import checked, shown
 
 log = logging.getLogger("kwspot")
 EMPTY = np.zeros(0, dtype=np.float32)
 CONTAINERS = {b"RIFF": "WAV", b"RF64": "WAV", b"fLaC": "FLAC"}
-UNSUPPORTED = {b"OggS": "Ogg", b"ID3\x03": "MP3", b"ID3\x04": "MP3"}
+UNSUPPORTED = {b"OggS": "Ogg", b"ID3\x03": "MP3", b"ID3\x04": "MP3", b"FORM": "AIFF", b"caff": "CAF",
+               b"riff": "Wave64"}
 _END = object()
 
 
@@ -46,6 +48,8 @@ def open_input_fd(path: str, stream: BinaryIO | None) -> tuple[int, str]:
         return stream.fileno(), "stdin"
     if path == "-":
         try:
+            if sys.stdin is None:  # closed when Python started (kwspot.cli then put /dev/null there)
+                raise OSError
             os.fstat(0)
         except OSError:
             raise KwspotError("stdin is closed; pipe audio into kwspot listen --input -") from None
@@ -58,6 +62,8 @@ def open_input_fd(path: str, stream: BinaryIO | None) -> tuple[int, str]:
             raise KwspotError(f"{name}: cannot open input ({exc.strerror})") from None
     if os.isatty(fd):
         raise KwspotError(f"{name} is a terminal; pipe audio into it (raw S16_LE mono, WAV or FLAC)")
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+        raise KwspotError(f"{name} is open for writing only; pipe audio into kwspot listen --input -")
     return fd, name
 
 
@@ -186,31 +192,10 @@ class StdinSource:
         if self._fd != 0:
             os.set_blocking(self._fd, True)  # a writer is there now; the decoder thread may block
         self._decoded = queue.Queue(maxsize=max(4, 2000 // self._block_ms))
-        threading.Thread(target=self._decode, args=(head, kind), name="kwspot-decode", daemon=True).start()
-
-    def _decode(self, head: bytes, kind: str) -> None:
-        import soundfile
-
-        assert self._decoded is not None
-        try:
-            if kind == "WAV":  # libsndfile reads WAV from a pipe natively, given the whole stream
-                r, w = os.pipe()
-                threading.Thread(target=_pump, args=(head, self._fd, w), name="kwspot-pump", daemon=True).start()
-                audio = soundfile.SoundFile(r, closefd=True)
-            else:
-                audio = soundfile.SoundFile(_History(head, self._fd))
-            with audio:
-                if kind == "WAV" and audio.frames == 0:
-                    raise KwspotError("WAV header announces no samples")
-                if not MIN_RATE <= audio.samplerate <= MAX_RATE:
-                    raise KwspotError(f"sample rate {audio.samplerate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
-                self._decoded.put((kind, int(audio.samplerate), int(audio.channels)))
-                block = max(1, int(audio.samplerate) * self._block_ms // 1000)
-                while len(frames := audio.read(block, dtype="float32", always_2d=True)):
-                    self._decoded.put(frames)
-            self._decoded.put(_END)
-        except Exception as exc:  # handed to the main loop, which reports it in one line
-            self._decoded.put(exc)
+        # The thread holds the queue, not this source: blocked on a silent pipe at exit, it must not keep the
+        # source's resampler alive (nanobind reports such objects as leaked).
+        threading.Thread(target=_decode, args=(head, kind, self._fd, self._block_ms, self._decoded),
+                         name="kwspot-decode", daemon=True).start()
 
     def _read_decoded(self, timeout: float) -> np.ndarray | None:
         assert self._decoded is not None
@@ -221,14 +206,14 @@ class StdinSource:
         if item is _END:
             return self._end()
         if isinstance(item, Exception):
-            detail = str(item).strip().split("\n")[0]
-            raise KwspotError(f"{self._name}: unreadable audio stream ({detail})")
+            raise KwspotError(f"{self._name}: unreadable audio stream ({sndfile_words(item)})")
         if isinstance(item, tuple):
             kind, rate, channels = item
             self.rate, self._resampler = rate, StreamResampler(rate)
             log.info("%s: %s stream, %d Hz, %d ch", self._name, kind, rate, channels)
             self.description = f"{self._name} ({kind}, {rate} Hz, {channels} ch)"
             return EMPTY
+        refuse_far_outside(self._name, item)
         self._samples += len(item)
         return self._resampler.process(to_mono(item))
 
@@ -245,3 +230,28 @@ class StdinSource:
             except OSError:
                 pass
 
+
+
+def _decode(head: bytes, kind: str, fd: int, block_ms: int, out: queue.Queue[Any]) -> None:
+    """Decode a WAV or FLAC stream from ``fd`` (its first bytes already read: ``head``) into ``out``: first
+    (kind, rate, channels), then blocks of frames, then ``_END``; or the exception that stopped it."""
+    import soundfile
+
+    try:
+        if kind == "WAV":  # libsndfile reads WAV from a pipe natively, given the whole stream
+            r, w = os.pipe()
+            threading.Thread(target=_pump, args=(head, fd, w), name="kwspot-pump", daemon=True).start()
+            audio = soundfile.SoundFile(r, closefd=True)
+        else:
+            audio = soundfile.SoundFile(_History(head, fd))
+        with audio:
+            if kind == "WAV" and audio.frames == 0:
+                raise KwspotError("WAV header announces no samples")
+            check_format(int(audio.samplerate), int(audio.channels))
+            out.put((kind, int(audio.samplerate), int(audio.channels)))
+            block = max(1, int(audio.samplerate) * block_ms // 1000)
+            while len(frames := audio.read(block, dtype="float32", always_2d=True)):
+                out.put(frames)
+        out.put(_END)
+    except Exception as exc:  # handed to the main loop, which reports it in one line
+        out.put(exc)

@@ -14,6 +14,7 @@ import soundfile
 from kwspot.errors import KwspotError
 from kwspot.frontend import (
     StreamResampler,
+    block_frames,
     count_nonfinite,
     fit_window,
     open_audio,
@@ -34,7 +35,7 @@ def loudest_window(path: str | Path, length: int) -> np.ndarray:
     """
     with open_audio(path) as audio:
         resampler = StreamResampler(audio.samplerate)
-        block = max(1, int(audio.samplerate * BLOCK_S))
+        block = block_frames(audio.samplerate, audio.channels, BLOCK_S)
         tail = np.zeros(0, dtype=np.float32)  # the last length-1 samples seen, for windows across blocks
         best, best_energy = tail, -1.0
         while True:

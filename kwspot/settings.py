@@ -23,7 +23,7 @@ def listen_flags(args: argparse.Namespace) -> dict[str, Any]:
     flags: dict[str, Any] = {
         "audio.backend": args.backend,
         "audio.device": args.device,
-        "audio.rate": args.rate if args.input != "-" else None,  # on stdin, --rate describes the pipe
+        "audio.rate": None if args.input else args.rate,  # with --input, --rate describes the pipe
         "model.path": args.model,
         "detector.threshold": args.threshold,
         "sinks.socket": args.socket,

@@ -21,7 +21,15 @@ import numpy as np
 
 from kwspot.devices import audio_landscape, import_sounddevice, release_alsa_plugins, resolve_device
 from kwspot.errors import KwspotError
-from kwspot.frontend import SAMPLE_RATE, StreamResampler, open_audio, refuse_far_outside, to_mono
+from kwspot.frontend import (
+    SAMPLE_RATE,
+    StreamResampler,
+    block_frames,
+    open_audio,
+    refuse_far_outside,
+    sndfile_words,
+    to_mono,
+)
 from kwspot.paths import shown
 from kwspot.pipe_source import StdinSource, is_pipe_like
 
@@ -112,11 +120,13 @@ class FileSource(Source):
     def _decode_chunk(self) -> None:
         import soundfile
 
-        want = max(self._block, int(self.rate * self.CHUNK_S))
+        want = max(self._block, block_frames(self.rate, self._file.channels, self.CHUNK_S))
         try:
             frames = to_mono(self._file.read(want, dtype="float32", always_2d=True))
         except (soundfile.LibsndfileError, RuntimeError) as exc:
-            raise KwspotError(f"{shown(self.path)}: unreadable audio past frame {self._frames_read} ({exc})") from None
+            raise KwspotError(
+                f"{shown(self.path)}: unreadable audio past frame {self._frames_read} ({sndfile_words(exc)})"
+            ) from None
         refuse_far_outside(self.path, frames)
         self._eof = len(frames) < want
         self._chunk = np.concatenate((self._chunk, frames)) if self._chunk.size else frames
@@ -350,7 +360,7 @@ def guarded(call: Callable[[], T], what: str, timeout_s: float = LiveSource.CALL
             done.set()
 
     stderr = os.dup(2)  # sounddevice points fd 2 at /dev/null while PortAudio starts: a hang there would keep it
-    try:
+    try:  # (fd 2 is always open: kwspot.cli.main opens /dev/null on a closed one)
         threading.Thread(target=run, name="audio-call", daemon=True).start()
         finished = wait_awake(done, timeout_s)
         if not finished:

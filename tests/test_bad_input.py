@@ -120,6 +120,19 @@ def copy_model(tmp: Path, name: str, cut: int | None = None, sidecar: str | None
     return model
 
 
+def sidecar_at(name: str, target: str | None) -> Callable[[Path], Path]:
+    """The bundled model whose sidecar is a link to ``target``, or a FIFO (None)."""
+    def prepare(tmp: Path) -> Path:
+        model = copy_model(tmp, name, sidecar=None)
+        if target is None:
+            os.mkfifo(sidecar_path(model))
+        else:
+            sidecar_path(model).symlink_to(target)
+        return model
+
+    return prepare
+
+
 def bundled_sidecar(**changes: object) -> str:
     """The bundled model's sidecar (its front end included) with some entries changed."""
     return json.dumps({**json.loads(sidecar_path(bundled_model_path()).read_text()), **changes})
@@ -252,6 +265,23 @@ CASES = {
         bundled_sidecar()[:-1] + ', "notes": ' + "[" * 100000 + "]" * 100000 + "}"))), ["deep.json", "unreadable"]),
     "sidecar fft of a million": (with_model(lambda tmp: copy_model(tmp, "fft", sidecar=bundled_sidecar(features={
         **json.loads(bundled_sidecar())["features"], "fft": 10**6}))), ["fft.json", "fft 1000000"]),
+    "sidecar a link to /dev/zero": (with_model(sidecar_at("zero", "/dev/zero")), ["zero.json", "not a regular file"]),
+    "sidecar a FIFO": (with_model(sidecar_at("fifo", None)), ["fifo.json", "not a regular file"]),
+    "sidecar key given twice": (with_model(lambda tmp: copy_model(tmp, "twice", sidecar=(
+        bundled_sidecar()[:-1] + ', "thresholds": {"stop": 0.01}}'))), ["twice.json", "'thresholds' appears twice"]),
+    "sidecar thresholds 0": (with_model(lambda tmp: copy_model(tmp, "zero_thr", sidecar=bundled_sidecar(
+        thresholds=0))), ["zero_thr.json", "thresholds must be a mapping"]),
+    "sidecar label with an escape": (with_model(lambda tmp: copy_model(tmp, "esc", sidecar=bundled_sidecar(
+        labels=["_silence_", "_unknown_", "st\nop\x1b[31m", *json.loads(bundled_sidecar())["labels"][3:]],
+        thresholds={}))), ["esc.json", "must be printable"]),
+    "sidecar label with an MQTT wildcard": (with_model(lambda tmp: copy_model(tmp, "hash", sidecar=bundled_sidecar(
+        labels=["_silence_", "_unknown_", "st#op", *json.loads(bundled_sidecar())["labels"][3:]],
+        thresholds={}))), ["hash.json", "without / # +"]),
+    "sidecar hop of one sample": (with_model(lambda tmp: copy_model(tmp, "hop1", sidecar=bundled_sidecar(features={
+        **json.loads(bundled_sidecar())["features"], "hop": 1}))), ["hop1.json", "more than 4000"]),
+    "sidecar of a million labels, one bad threshold": (with_model(lambda tmp: copy_model(tmp, "many", sidecar=(
+        bundled_sidecar(labels=["_silence_", *[f"w{i}" for i in range(10**6)]], thresholds={"nope": 0.5})))),
+        ["many.json", "w19, ..."]),
     "model of 50 GB": (with_model(sparse_model), ["vast.tflite", "over the 256 MiB"]),
     "sidecar of 3 GB": (with_model(sparse_sidecar), ["wordy.json", "over 16 MiB"]),
     "model takes int32": (with_model(odd_model("intin")), ["intin.tflite", "int32"]),

@@ -117,6 +117,51 @@ def test_an_interrupted_clip_decode_leaves_no_partial_file(stop, data: Path, tmp
     assert list(cache.iterdir()) == []
 
 
+def test_a_full_cache_disk_is_one_line_and_leaves_no_file(data: Path, tmp_path: Path, monkeypatch):
+    """The cache file is allocated whole before it is mapped: no SIGBUS when the disk fills mid-write."""
+    import errno
+
+    import kwspot.train.data as data_module
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data_module.os, "posix_fallocate", full)
+    cache = tmp_path / "cache"
+    with pytest.raises(KwspotError, match="cache: no room for the clip cache \\(No space left on device\\)"):
+        data_module.clip_windows(sorted(data.glob("*/*.wav")), cache)
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage", "other shape"])
+def test_a_damaged_clip_cache_is_made_again(damage: str, data: Path, tmp_path: Path, caplog):
+    import kwspot.train.data as data_module
+
+    paths = sorted(data.glob("*/*.wav"))
+    first = np.array(data_module.clip_windows(paths, tmp_path))
+    (cached,) = tmp_path.glob("clips-*.npy")
+    if damage == "cut":
+        cached.write_bytes(cached.read_bytes()[:1000])
+    elif damage == "garbage":
+        cached.write_text("x\n")
+    else:
+        np.save(cached, np.zeros((2, 3), np.int16))
+    np.testing.assert_array_equal(data_module.clip_windows(paths, tmp_path), first)
+    assert "damaged clip cache, made again" in caplog.text
+
+
+def test_a_folder_where_the_clip_cache_goes_is_one_line(data: Path, tmp_path: Path):
+    import kwspot.train.data as data_module
+
+    paths = sorted(data.glob("*/*.wav"))
+    data_module.clip_windows(paths, tmp_path)
+    (cached,) = tmp_path.glob("clips-*.npy")
+    cached.unlink()
+    cached.mkdir()
+    with pytest.raises(KwspotError, match="a folder where the clip cache goes; remove it"):
+        data_module.clip_windows(paths, tmp_path)
+
+
 SIGTERM_SCRIPT = """
 import os, signal, sys
 from pathlib import Path

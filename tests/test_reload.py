@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import time
@@ -15,6 +16,7 @@ from daemon import Daemon
 
 from conftest import wait_for, write_stream
 from kwspot.frontend import load_audio
+from kwspot.model import bundled_model_path, sidecar_path
 
 RATE = 8000
 
@@ -88,6 +90,8 @@ def test_sighup_keeps_the_socket_jsonl_and_threshold_from_the_command_line(tmp_p
     (b"detector: " + b"[" * 20000 + b"]" * 20000 + b"\n", "nested more than"),
     (b"sinks:\n  mqtt: {username: u, password_file: TMP/pw.latin1}\n", "not UTF-8"),
     (b"model:\n  path: TMP/absent.tflite\n", "absent.tflite: no such model file"),
+    (b"model:\n  path: TMP/text.tflite\n", "text.tflite: not a valid LiteRT model"),
+    (b"model:\n  path: TMP/alone.tflite\n", "alone.json: model sidecar missing"),
 ])
 def test_a_bad_config_on_sighup_is_refused_and_the_daemon_goes_on(tmp_path, bad, needle):
     sock = tmp_path / "kw.sock"
@@ -98,6 +102,9 @@ def test_a_bad_config_on_sighup_is_refused_and_the_daemon_goes_on(tmp_path, bad,
         daemon.play(np.zeros(RATE, np.float32))
         wait_for(sock.exists, 30, "the socket")
         (tmp_path / "pw.latin1").write_bytes(b"p\xe9ss\n")
+        (tmp_path / "text.tflite").write_text("not a model\n")  # a model that would not start kwspot
+        shutil.copy(sidecar_path(bundled_model_path()), tmp_path / "text.json")
+        shutil.copy(bundled_model_path(), tmp_path / "alone.tflite")  # no sidecar
         config.write_bytes(bad.replace(b"TMP", str(tmp_path).encode()))
         daemon.hup_and_wait("reload refused")
         refused = next(line for line in daemon.err if "reload refused" in line)

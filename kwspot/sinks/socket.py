@@ -113,7 +113,10 @@ class SocketSink:
         self.log = logger or logging.getLogger("kwspot.socket")
         self.dropped = 0
         self.accepted = 0
-        self._abspath = os.path.abspath(self.path)
+        try:
+            self._abspath = os.path.abspath(self.path)
+        except FileNotFoundError:  # a relative path, and the current folder was deleted
+            raise KwspotError(f"{self.path}: cannot create socket: the current folder no longer exists") from None
         self._lock = threading.Lock()  # guards clients, their buffers, their sockets' writes and c.events
         self._clients: dict[int, _Client] = {}
         self._closed = False

@@ -101,8 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def keyword_list(text: str) -> tuple[str, ...]:
     """``--keywords eight,stop`` -> ("eight", "stop"): distinct folder names, none starting with ``_``."""
     words = tuple(w.strip() for w in text.split(","))
-    bad = [w for w in words if not w or w.startswith(("_", ".")) or "/" in w or "\0" in w
-           or len(os.fsencode(w)) > NAME_MAX]
+    bad = [w for w in words
+           if not w or w.startswith(("_", ".")) or not modelfile.label_ok(w) or len(os.fsencode(w)) > NAME_MAX]
     if bad or len(set(words)) != len(words):
         raise argparse.ArgumentTypeError(f"expected distinct word folder names such as eight,stop, not {text[:60]!r}")
     return words

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import signal
@@ -25,6 +26,8 @@ from kwspot import KEYWORDS, SILENCE, UNKNOWN
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, fit_window, load_audio
 from kwspot.paths import checked, shown
+
+log = logging.getLogger("kwspot")
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 NOISE_DIR = "_background_noise_"
@@ -183,8 +186,18 @@ def scan(root: str | Path, testing_list: str | Path = "testing_list.txt",
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("KWSPOT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "kwspot")
-    return Path(base).expanduser()
+    """``$KWSPOT_CACHE``, else ``$XDG_CACHE_HOME/kwspot`` (where absolute, as the XDG spec says), else
+    ``~/.cache/kwspot``; KwspotError if ``$HOME`` is set but empty or relative (the cache would land in the
+    current folder or at the root)."""
+    if os.environ.get("KWSPOT_CACHE"):
+        return Path(os.environ["KWSPOT_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg, "kwspot")
+    home = os.environ.get("HOME")
+    if home is not None and not os.path.isabs(home):
+        raise KwspotError(f"no cache folder: $HOME is {home!r}; set KWSPOT_CACHE (or XDG_CACHE_HOME) to a folder")
+    return Path("~/.cache/kwspot").expanduser()
 
 
 def writable_cache(cache: Path | None = None) -> Path:
@@ -217,12 +230,26 @@ def clip_windows(paths: list[Path], cache: Path | None = None, progress: bool = 
         return np.zeros((0, WINDOW_SAMPLES), np.int16)
     folder = cache or cache_dir()
     target = folder / f"clips-{_key(paths)}.npy"
-    if target.is_file():
-        return np.load(target, mmap_mode="r")
+    if target.is_dir():
+        raise KwspotError(f"{shown(target)}: a folder where the clip cache goes; remove it")
+    if os.path.lexists(target):
+        try:
+            windows = np.load(target, mmap_mode="r")
+            if windows.shape == (len(paths), WINDOW_SAMPLES) and windows.dtype == np.int16:
+                return windows
+        except (OSError, ValueError, EOFError):  # cut short, or not a cache file: made again below
+            pass
+        log.warning("%s: damaged clip cache, made again", shown(target))
+        target.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
     with removed_unless_renamed(tmp):
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(len(paths), WINDOW_SAMPLES))
+        try:  # the whole file now: a full disk is an error here, not SIGBUS when the mapping is written
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(len(paths), WINDOW_SAMPLES))
+            with open(tmp, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            raise KwspotError(f"{shown(folder)}: no room for the clip cache ({exc.strerror})") from None
         for i, path in enumerate(_progress(paths, "decoding clips", progress)):
             out[i] = to_int16(fit_window(load_audio(path)))
         out.flush()

@@ -93,8 +93,6 @@ def split_of_list(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from kwspot.train import report
 
     if args.save_thresholds and not (args.stream and args.target_fa_per_hour is not None):
@@ -117,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json_text(result, indent=2))
         else:
-            report.print_stream_report(result, Console())
+            report.print_stream_report(result, report.ResultConsole())
         if args.plot is not None:
             report.plot_det(rows, args.plot)
         return 0
@@ -127,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(result, indent=2))
     else:
-        report.print_clip_report(result, Console())
+        report.print_clip_report(result, report.ResultConsole())
     if args.plot is not None:
         report.plot_confusion(result, args.plot)
     return 0

@@ -13,6 +13,15 @@ from rich.table import Table
 from kwspot.errors import KwspotError
 
 
+class ResultConsole(Console):
+    """rich's Console on stdout; a reader that goes away (``| head``) ends the command as in any other: rich
+    would exit with status 1, this raises BrokenPipeError for ``kwspot.cli.main`` (status 0)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def print_clip_report(report: dict[str, Any], console: Console) -> None:
     n_labels, n_keywords = len(report["labels"]), len([x for x in report["labels"] if not x.startswith("_")])
     console.print(f"{report['n']} clips: {n_labels}-way accuracy [bold]{report['accuracy_12']:.4f}[/], "

@@ -162,11 +162,21 @@ def run(args: argparse.Namespace) -> int:
     return SUBCOMMANDS[args.command][2](args)
 
 
+def refuse_empty_values(argv: list[str]) -> None:
+    """KwspotError for an empty value (``--config ""``, a path made of an unset variable): argparse takes it,
+    ``type=Path`` reads it as ".", and other options as not given."""
+    for before, token in zip(["kwspot", *argv], argv, strict=False):
+        if token == "" or (token.startswith("--") and token.endswith("=")):
+            flag = token.rstrip("=") or (before if before.startswith("-") else "")
+            raise KwspotError(f"{flag}: empty value" if flag else "an empty argument (an unset variable?)")
+
+
 def main(argv: list[str] | None = None) -> int:
     interrupt.install()
     stdio.fill_closed_fds()
     stdio.tag_stdout()
     try:
+        refuse_empty_values(sys.argv[1:] if argv is None else argv)
         code = run(build_parser(argv).parse_args(argv))
         if sys.stdout is not None:
             sys.stdout.flush()  # a full disk is told here, not by the interpreter at exit

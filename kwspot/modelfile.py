@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 from kwspot.errors import KwspotError
 from kwspot.features import LogMelSpec
-from kwspot.paths import not_a_file
+from kwspot.paths import not_a_file, write_atomic
 
 
 def keywords_of(labels: Iterable[str]) -> tuple[str, ...]:
@@ -217,20 +216,10 @@ def write(model_path: str | Path, meta: dict[str, Any]) -> ModelFile:
     """Check ``meta`` and write it as the sidecar of ``model_path``, atomically (tmp file + rename)."""
     path = sidecar_path(model_path)
     checked = check(meta, path)
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
-            tmp = Path(fh.name)
-            json.dump(meta, fh, indent=2, default=str)
-            fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(fh.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600; the daemon may run as another user
-        os.replace(fh.name, path)
+        write_atomic(path, (json.dumps(meta, indent=2, default=str) + "\n").encode())
     except OSError as exc:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file beside the model
         raise KwspotError(f"{path}: cannot write the model sidecar ({exc.strerror or exc})") from None
     return checked
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 NAME_MAX = 255  # bytes in one part of a path (Linux, most file systems)
@@ -56,3 +57,20 @@ def checked(path: str | os.PathLike[str], what: str = "file") -> Path:
             f"{shown(text)[:60]}...: {what} name too long ({len(longest)} bytes in one part, at most {NAME_MAX})"
         )
     return Path(text)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it and a rename: a reader, a full disk or a
+    crash never leaves half a file in place of the old one. Mode 0666 less the umask (a daemon of another
+    user may read it). OSError as it comes; the temporary file is gone either way."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

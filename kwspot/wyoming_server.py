@@ -329,6 +329,8 @@ def check_uri(uri: str, zeroconf: str | None) -> None:
         checked(parsed.path, "socket")
     if zeroconf is not None and parsed.scheme != "tcp":
         raise KwspotError(f"--zeroconf needs a tcp:// URI, not {uri}")
+    if zeroconf is not None and not (zeroconf.isprintable() and 0 < len(zeroconf.encode(errors="replace")) <= 63):
+        raise KwspotError(f"--zeroconf {zeroconf[:80]!r}: a service name is 1 to 63 bytes of printable text")
 
 
 def claim_unix_path(path: str) -> None:
@@ -356,13 +358,15 @@ async def _announce(port: int, host: str, name: str) -> None:
     """Register the service over mDNS (``_wyoming._tcp``) so Home Assistant discovers it."""
     try:
         from wyoming.zeroconf import HomeAssistantZeroconf
+        from zeroconf import Error as ZeroconfError
     except ImportError:
         raise KwspotError("--zeroconf needs the zeroconf package: pip install 'kwspot[zeroconf]'") from None
     try:
         announcer = HomeAssistantZeroconf(port=port, name=name, host=None if host in ("0.0.0.0", "::") else host)
         await announcer.register_server()
-    except OSError as exc:
-        raise KwspotError(f"--zeroconf: cannot announce the service ({exc.strerror or exc})") from None
+    except (OSError, ZeroconfError) as exc:  # ZeroconfError: a name mDNS refuses, a name already taken
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:120]
+        raise KwspotError(f"--zeroconf: cannot announce the service ({reason})") from None
     log.info("announced as %r over zeroconf (_wyoming._tcp, port %d)", name, port)
 
 

@@ -152,7 +152,8 @@ def test_a_huge_bad_value_is_not_spelled_out_in_the_error(tmp_path):
 def test_the_thresholds_line_evaluate_prints_loads_as_config(tmp_path):
     from kwspot.train.report import config_snippet
 
-    chosen = {"yes": 0.7, "no": 0.85, "on": 0.8, "off": 0.95, "null": 0.6}
+    chosen = {"yes": 0.7, "no": 0.85, "on": 0.8, "off": 0.95, "null": 0.6, "1": 0.5, "a, b": 0.5, "x: y": 0.5,
+              "été": 0.5}  # words of a user's own model: quoted where YAML would read them otherwise
     path = tmp_path / "c.yaml"
     path.write_text(config_snippet(chosen))
     assert load_config(str(path))[0]["detector"]["thresholds"] == chosen

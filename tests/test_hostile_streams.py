@@ -206,7 +206,7 @@ def test_a_relative_socket_in_a_deleted_folder_is_one_line(tmp_path):
 
 
 def test_a_flag_error_names_the_flag_not_a_config(tmp_path):
-    line = assert_exit_2(run("listen", "--device", "", "--format", "jsonl"), "kwspot: error: --device must be")
+    line = assert_exit_2(run("listen", "--device", "\t", "--format", "jsonl"), "kwspot: error: --device must be")
     assert "config" not in line, line
 
 
@@ -254,3 +254,31 @@ def test_a_sidecar_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypat
     with pytest.raises(KwspotError, match="m.json: cannot write the model sidecar \\(No space left on device\\)"):
         modelfile.write(model, meta)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
+
+
+# ---- the command line -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["listen", "--config", ""], "--config"),
+    (["listen", "--input="], "--input"),
+    (["evaluate", "--data", ""], "--data"),  # type=Path would read it as "."
+    (["events", "--socket", ""], "--socket"),
+    (["predict", "a.wav", ""], ""),
+])
+def test_an_empty_value_is_refused_not_taken_for_missing(argv, flag):
+    line = assert_exit_2(run(*argv))
+    assert line == (f"kwspot: error: {flag}: empty value" if flag else
+                    "kwspot: error: an empty argument (an unset variable?)"), line
+
+
+@pytest.mark.parametrize("name", ["z" * 64, "a\x01b", ""])
+def test_a_zeroconf_name_mdns_cannot_carry_is_one_line(name):
+    result = run("wyoming", "--uri", "tcp://127.0.0.1:0", "--zeroconf", name, timeout=30)
+    assert_exit_2(result, "--zeroconf")
+
+
+def test_a_broken_alsa_configuration_is_one_line(tmp_path):
+    (tmp_path / ".asoundrc").write_text("pcm.x { type\n")
+    result = run("devices", env={"HOME": str(tmp_path)})
+    assert_exit_2(result, "PortAudio cannot start", "ALSA configuration")

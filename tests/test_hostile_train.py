@@ -5,8 +5,10 @@ Tiny synthetic data only; nothing here needs TensorFlow except the one end-to-en
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -389,8 +391,8 @@ def test_stream_options_at_their_defaults_are_not_refused(data: Path, capsys):
 def test_save_thresholds_from_a_stream_without_keywords_is_refused(model_copy: Path, data: Path, capsys):
     before = model_copy.with_suffix(".json").read_bytes()
     code, _, err = _kwspot(capsys, "evaluate", "--data", str(data), "--model", str(model_copy), "--stream",
-                           "--words", "unknown", "--save-thresholds", "--target-fa-per-hour", "5",
-                           "--cache", str(data.parent / "cache"))
+                           "--words", "unknown", "--save-thresholds", "--target-fa-per-hour", "5", "--snr", "clean",
+                           "--cache", str(data.parent / "cache"))  # clean: the data has no noise (else a warning)
     assert code == 2
     _one_line(err, "--save-thresholds: the testing stream holds no keyword")
     assert model_copy.with_suffix(".json").read_bytes() == before
@@ -427,3 +429,68 @@ def test_predict_and_listen_refuse_samples_far_outside_full_scale(tmp_path: Path
     listened = run_kwspot("listen", "--input", str(huge), "--fast", "--format", "jsonl", timeout=60)
     assert listened.returncode != 0 and listened.stdout == ""  # no event from garbage, as predict says
     assert f"{huge}: samples far outside [-1, 1]" in listened.stderr and "Traceback" not in listened.stderr
+
+
+# second round
+
+
+def test_a_stream_over_noise_without_noise_is_refused_not_measured_clean(data: Path, capsys):
+    code, _, err = _kwspot(capsys, "evaluate", "--data", str(data), "--stream", "--snr", "5",
+                           "--cache", str(data.parent / "cache"))
+    assert code == 2
+    _one_line(err, f"{data}: no background noise to mix at the SNRs asked for")
+
+
+def test_a_list_named_validation_something_is_read_not_replaced(data: Path, capsys):
+    """Only the data folder's own validation_list.txt means "the validation split"; any other list is read."""
+    two = data / "validation_two.txt"
+    two.write_text("yes/spk2_nohash_0.wav\nno/spk2_nohash_0.wav\n")
+    code, out, err = _kwspot(capsys, "evaluate", "--data", str(data), "--list", str(two), "--json",
+                             "--cache", str(data.parent / "cache"))
+    assert code == 0, err
+    assert json.loads(out)["n"] == 2
+    code, out, err = _kwspot(capsys, "evaluate", "--data", str(data), "--list", "validation_list.txt", "--json",
+                             "--cache", str(data.parent / "cache"))
+    assert code == 0 and json.loads(out)["n"] == len(WORDS), err
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_an_output_that_is_not_a_file_is_refused_before_training(kind, data: Path, tmp_path: Path, capsys,
+                                                                   no_tensorflow):
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "m.csv"
+    target.mkdir() if kind == "folder" else os.mkfifo(target)
+    code, _, err = _kwspot(capsys, "train", "--data", str(data), "--out", str(out / "m"), "--keywords", "yes,no",
+                           "--cache", str(tmp_path / "cache"))
+    assert code == 2
+    _one_line(err, f"{target}: ")
+
+
+def test_a_model_write_that_fails_keeps_the_previous_model(tmp_path: Path, monkeypatch):
+    from kwspot.train import export
+
+    lite = bundled_model_path().read_bytes()
+    meta = json.loads(bundled_model_path().with_suffix(".json").read_text())
+    monkeypatch.setattr(export, "feature_network", lambda model: None)
+    monkeypatch.setattr(export, "convert", lambda model, quantise: lite)
+    monkeypatch.setattr(export, "litert_predict", lambda flatbuffer, x: np.eye(12, dtype=np.float32)[:2])
+    (tmp_path / "m.tflite").write_bytes(b"the previous model")
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(KwspotError, match="m.tflite: cannot write the model \\(No space left on device\\)"):
+        export.export(object(), tmp_path / "m", np.zeros((2, 8000), np.float32), np.arange(2), meta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
+    assert (tmp_path / "m.tflite").read_bytes() == b"the previous model"
+
+
+def test_hard_negatives_that_are_a_fifo_are_refused(data: Path, tmp_path: Path, capsys, no_tensorflow):
+    fifo = tmp_path / "hard.npy"
+    os.mkfifo(fifo)
+    code, _, err = _kwspot(capsys, "train", "--data", str(data), "--out", str(tmp_path / "o" / "m"), "--keywords",
+                           "yes,no", "--hard-negatives", str(fifo), "--cache", str(tmp_path / "cache"))
+    assert code == 2
+    _one_line(err, f"{fifo}: not a regular file")

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kwspot.errors import KwspotError
+from kwspot.paths import shown, write_atomic
+
 
 def write_card(path: Path, meta: dict[str, Any], metrics: dict[str, dict[str, Any]], host: str = "") -> None:
     """Write a Markdown model card next to the model."""
@@ -72,4 +75,7 @@ def write_card(path: Path, meta: dict[str, Any], metrics: dict[str, dict[str, An
         + f"{t.get('minutes')} minutes.",
         "",
     ]
-    path.write_text("\n".join(lines))
+    try:
+        write_atomic(path, "\n".join(lines).encode())
+    except OSError as exc:
+        raise KwspotError(f"{shown(path)}: cannot write the model card ({exc.strerror or exc})") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from kwspot import KEYWORDS, UNKNOWN, modelfile
 from kwspot.argtypes import Number, NumberRange
 from kwspot.errors import KwspotError
 from kwspot.frontend import WINDOW_SAMPLES, load_audio
-from kwspot.paths import NAME_MAX, checked, shown
+from kwspot.paths import NAME_MAX, checked, not_a_file, shown
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
 from kwspot.train.data import Dataset, clip_windows, load_long, phrase_files, scan, speech_files, writable_cache
 from kwspot.train.espeak import ALL_VOICES, VOICES, training_voices
@@ -226,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+OUTPUTS = (".tflite", ".json", ".csv", ".md")  # what training writes beside the --out stem
+
+
 def _check_out(out: Path) -> None:
     """The output stem: a name the system takes, in a folder that exists (made here) and can be written."""
     out = checked(out, "output")
@@ -236,11 +240,20 @@ def _check_out(out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise KwspotError(f"{shown(out.parent)}: cannot make the output folder ({exc.strerror or exc})") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise KwspotError(f"{shown(out.parent)}: output folder not writable")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):  # os.access says yes to root, also where nothing is made
+            pass
+    except OSError as exc:
+        raise KwspotError(f"{shown(out.parent)}: output folder not writable ({exc.strerror or exc})") from None
+    for suffix in OUTPUTS:
+        target = stem_file(out, suffix)
+        if os.path.lexists(target) and not target.is_file():  # found now, not after an hour of training
+            raise KwspotError(f"{shown(target)}: {not_a_file(target, 'output')}")
 
 
 def _load_windows(path: Path) -> np.ndarray:
+    if not path.is_file():  # a FIFO would block the load for ever, a device feed it garbage
+        raise KwspotError(f"{shown(path)}: {not_a_file(path, 'hard negatives')}")
     try:
         windows = np.load(path, mmap_mode="r")  # mapped: only the checks below read it before training
     except (OSError, ValueError) as exc:

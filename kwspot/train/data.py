@@ -289,9 +289,10 @@ def _progress(items: list[Path], what: str, show: bool):
     if not show:
         yield from items
         return
+    from rich.console import Console
     from rich.progress import track
 
-    yield from track(items, description=what)
+    yield from track(items, description=what, console=Console(stderr=True))  # stdout is for results
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ which labels are keywords, and the data folder is read accordingly.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -30,14 +31,25 @@ from kwspot.modelfile import save_thresholds, sidecar_path
 from kwspot.paths import shown
 from kwspot.pipeline import hop_levels
 from kwspot.predict import json_text
-from kwspot.train.data import Dataset, clip_windows, scan, to_float, writable_cache
+from kwspot.train.data import NOISE_DIR, Dataset, clip_windows, scan, to_float, writable_cache
 from kwspot.train.scoring import Verdict, pick_thresholds, replay, score, sweep
 from kwspot.train.streams import Stream, StreamSpec, parse_snrs, split_streams
+
+log = logging.getLogger("kwspot")
 
 # The whole stream is built in memory: float32 at 8 kHz is 1.9 MB a minute, and building it (pieces, noise bed,
 # gains, mix) peaks near six copies, about 12 MB a minute. 240 minutes of each kind, plus the split's own
 # clips, stay within a few GB.
 MAX_STREAM_MINUTES = 240.0
+
+
+class _SnrGiven(argparse.Action):
+    """--snr, remembering that it was given (not given, a data folder without noise measures clean streams)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.snr_given = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     def add(*names: str, **kwargs: Any) -> None:
         stream_only.append(g.add_argument(*names, **kwargs))
 
-    add("--snr", default="20,10,5", type=NumberList(-50.0, 100.0, ("clean",)),
-        help="SNRs in dB for the words, comma separated, or 'clean'")
+    add("--snr", default="20,10,5", type=NumberList(-50.0, 100.0, ("clean",)), action=_SnrGiven,
+        help="SNRs in dB for the words, comma separated, or 'clean' (not given: clean where the data folder "
+             "has no _background_noise_/)")
     add("--words", default="all", choices=("all", "keywords", "unknown"), help="which listed clips to speak")
     add("--minutes", type=Number(0.0, MAX_STREAM_MINUTES), default=0.0,
         help="repeat the clips until the stream is this long")
@@ -88,8 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         for a in stream_only))
 
 
-def split_of_list(name: str) -> str:
-    return "validation" if Path(name).name.startswith("validation") else "testing"
+def split_of_list(name: str, data: Path) -> str:
+    """"validation" for the data folder's own ``validation_list.txt`` (that split is scored), else "testing":
+    any other list, whatever its name, is read as the testing list."""
+    path = Path(name) if Path(name).is_absolute() else data / name
+    own = data / "validation_list.txt"
+    return "validation" if path.name == own.name and path.resolve() == own.resolve() else "testing"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,10 +123,10 @@ def run(args: argparse.Namespace) -> int:
         need_clip_labels(model)
     if args.save_thresholds and not os.access(model.path.parent, os.W_OK | os.X_OK):
         raise KwspotError(f"{model.path.parent}: not writable, so --save-thresholds could not save (copy the model)")
-    split = split_of_list(args.list)
+    split = split_of_list(args.list, args.data)
     data = scan(args.data, args.list if split == "testing" else "testing_list.txt", keywords=model.keywords)
     if args.plot is not None:
-        report.need_matplotlib()
+        report.check_plot(args.plot)
     if args.stream:
         result, rows = stream_result(model, data, split, args)
         if args.json:
@@ -204,7 +221,11 @@ def stream_result(model: Model, data: Dataset, split: str,
         raise KwspotError("--hop-ms must be more than 0")
     if getattr(args, "min_pause_ms", 0.0) < 0:
         raise KwspotError("--min-pause-ms must be 0 or more")
-    words, speech = split_streams(data, split, stream_spec(args), np.random.default_rng(args.seed))
+    spec = stream_spec(args)
+    if not getattr(args, "snr_given", False) and not data.noise_files:  # asked for: an error (split_streams)
+        log.warning("%s: no %s/ recordings: the streams are clean", shown(data.root), NOISE_DIR)
+        spec = replace(spec, snrs=None)
+    words, speech = split_streams(data, split, spec, np.random.default_rng(args.seed))
     if getattr(args, "save_thresholds", False) and not any(w.label in model.keywords for w in words.words):
         raise KwspotError(f"--save-thresholds: the {split} stream holds no keyword (--words {args.words}), "
                           "so there are no thresholds to choose")

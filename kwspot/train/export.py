@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from kwspot import modelfile
+from kwspot.errors import KwspotError
 from kwspot.features import LogMelFrontEnd
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
+from kwspot.paths import shown, write_atomic
 from kwspot.train import require_tensorflow
 from kwspot.train.models import feature_network
 
@@ -90,7 +92,10 @@ def export(model: Any, out: Path, x_val: np.ndarray, y_val: np.ndarray, meta: di
         meta.setdefault("notes", []).append(f"quantisation failed: {exc}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tflite = stem_file(out, ".tflite")
-    tflite.write_bytes(chosen)
+    try:
+        write_atomic(tflite, chosen)  # a full disk leaves the previous model whole
+    except OSError as exc:
+        raise KwspotError(f"{shown(tflite)}: cannot write the model ({exc.strerror or exc})") from None
     info = {
         "format": kind,
         "bytes": len(chosen),

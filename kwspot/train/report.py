@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kwspot.errors import KwspotError
+from kwspot.paths import not_a_file, shown
 
 
 class ResultConsole(Console):
@@ -41,11 +45,26 @@ def print_clip_report(report: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def need_matplotlib() -> None:
+def check_plot(path: Path) -> None:
+    """Before any work: matplotlib is there, and ``path`` is a .png that can be written."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise KwspotError("--plot needs matplotlib: pip install matplotlib") from None
+    if path.suffix.lower() != ".png":
+        raise KwspotError(f"--plot {shown(path)}: name a .png file")
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise KwspotError(f"--plot {shown(path)}: {not_a_file(path, 'PNG')}")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise KwspotError(f"--plot {shown(path)}: folder {shown(path.parent)} missing or not writable")
+
+
+def _save(fig: Any, path: Path) -> None:
+    try:
+        fig.savefig(path, dpi=120, format="png")
+    except OSError as exc:
+        raise KwspotError(f"--plot {shown(path)}: cannot write ({exc.strerror or exc})") from None
+    print(f"wrote {shown(path)}", file=sys.stderr)
 
 
 def plot_confusion(report: dict[str, Any], path: Path) -> None:
@@ -70,8 +89,7 @@ def plot_confusion(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("truth")
     ax.set_title(f"{len(labels)}-way accuracy {report['accuracy_12']:.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}", file=sys.stderr)
+    _save(fig, path)
 
 
 def print_stream_report(result: dict[str, Any], console: Console) -> None:
@@ -104,7 +122,12 @@ def print_stream_report(result: dict[str, Any], console: Console) -> None:
 def config_snippet(thresholds: dict[str, float]) -> str:
     """The lines to paste into config.yaml for these per-keyword thresholds (they load as written)."""
     return "# config.yaml\ndetector:\n  thresholds: {" + ", ".join(
-        f"{k}: {v:.2f}" for k, v in thresholds.items()) + "}\n"
+        f"{_yaml_key(k)}: {v:.2f}" for k, v in thresholds.items()) + "}\n"
+
+
+def _yaml_key(word: str) -> str:
+    """A plain word as it is; anything YAML would read otherwise (``1``, ``#x``, ``a, b``) in quotes."""
+    return word if re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", word) else json.dumps(word)
 
 
 def plot_det(rows: list[dict[str, Any]], path: Path) -> None:
@@ -125,4 +148,4 @@ def plot_det(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("DET curve")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)

@@ -159,7 +159,11 @@ def split_streams(data: Dataset, split: str, spec: StreamSpec, rng: np.random.Ge
     while others and len(extra) * CLIP_SECONDS < spec.other_words_minutes * 60:
         extra += [others[i] for i in rng.permutation(len(others))]
     items = [(to_float(windows[i]), clips[i].label) for i in order + extra]
-    words = build_stream(items, load_long(data.noise_files, "eval"), rng, spec.snrs)
+    noise = load_long(data.noise_files, "eval")
+    if spec.snrs is not None and not any(part.any() for part in noise):  # else the stream would be clean, unsaid
+        raise KwspotError(f"{data.root}: no background noise to mix at the SNRs asked for (_background_noise_/ "
+                          "missing, empty or silent); measure clean streams (--snr clean) or add noise recordings")
+    words = build_stream(items, noise, rng, spec.snrs)
     speech_parts: list[np.ndarray] = []
     for folder in spec.speech:
         speech_parts += load_long(speech_files(folder, split), "all")

@@ -84,6 +84,8 @@ class Model:
                 raise KwspotError(f"{shown(self.path)}: {size:,} bytes, over the "
                                   f"{MAX_MODEL_BYTES >> 20} MiB a keyword model may have")
             content = self.path.read_bytes()  # our own read: a clear error for an unreadable file
+            if not content:
+                raise KwspotError(f"{shown(self.path)}: empty file, not a LiteRT model")
         except OSError as exc:
             raise KwspotError(f"{shown(self.path)}: cannot read model ({exc.strerror})") from None
         try:

@@ -174,6 +174,12 @@ def live_socket(tmp: Path) -> str:
     return str(path)
 
 
+def empty_model(tmp: Path) -> Path:
+    model = copy_model(tmp, "void")
+    model.write_bytes(b"")
+    return model
+
+
 def regular_file(tmp: Path) -> str:
     (tmp / "not-a-socket").write_text("precious data")
     return str(tmp / "not-a-socket")
@@ -246,6 +252,7 @@ CASES = {
     "missing model": (with_model(lambda tmp: tmp / "absent.tflite"), ["absent.tflite"]),
     "truncated model": (with_model(lambda tmp: copy_model(tmp, "cut", cut=4000)), ["cut.tflite"]),
     "garbage model": (with_model(lambda tmp: copy_model(tmp, "junk", cut=1)), ["junk.tflite"]),
+    "empty model": (with_model(empty_model), ["void.tflite", "empty file"]),
     "wrong-shape model": (with_model(wrong_shape), ["wrong_shape.tflite", "8000"]),
     "model without sidecar": (with_model(lambda tmp: copy_model(tmp, "bare", sidecar=None)), ["bare.json"]),
     "sidecar without labels": (with_model(lambda tmp: copy_model(tmp, "nolab", sidecar='{"x": 1}')), ["labels"]),
@@ -298,6 +305,8 @@ CASES = {
     "unwritable socket path": (with_socket(lambda tmp: "/proc/kwspot-test.sock"), ["/proc/kwspot-test.sock"]),
     "socket path held by a live daemon": (with_socket(live_socket), ["busy.sock", "already listening"]),
     "socket path is a regular file": (with_socket(regular_file), ["not-a-socket"]),
+    "socket path under a regular file": (with_socket(lambda tmp: str(Path(regular_file(tmp)) / "kw.sock")),
+                                         ["kw.sock", "not-a-socket is not a directory"]),
     # command line and devices
     "unknown device": (lambda tmp: ["listen", "--device", "no-such-mic-xyz"], ["no-such-mic-xyz"]),
     "device index out of range": (lambda tmp: ["listen", "--device", "999"], ["999"]),

@@ -222,7 +222,8 @@ class SocketSink:
             raise KwspotError(f"{path}: socket path too long (at most {_MAX_PATH_BYTES} bytes)")
         parent = Path(self._abspath).parent
         if not parent.is_dir():
-            raise KwspotError(f"{path}: cannot create socket: directory {parent} does not exist")
+            what = "is not a directory" if os.path.lexists(parent) else "does not exist"
+            raise KwspotError(f"{path}: cannot create socket: {parent} {what}")
         check_owner(path)
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -506,8 +507,8 @@ def check_owner(path: str | os.PathLike[str]) -> None:
         dir_mode = os.stat(parent).st_mode
     except OSError:
         return  # no directory: the caller reports that
-    if not dir_mode & stat.S_IWOTH:
-        return  # only the directory's owner or group can put files there (e.g. /run/kwspot)
+    if not stat.S_ISDIR(dir_mode) or not dir_mode & stat.S_IWOTH:
+        return  # no directory (the caller reports that), or only its owner or group can put files there
     if not dir_mode & stat.S_ISVTX:
         raise KwspotError(f"{path}: its directory {parent} is writable by anyone and not sticky; choose another path")
     try:

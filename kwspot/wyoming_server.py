@@ -37,7 +37,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event as WyomingEvent
 from wyoming.event import async_get_stdin, async_get_stdout
 from wyoming.info import Attribution, Describe, Info, WakeModel, WakeProgram
-from wyoming.server import AsyncEventHandler, AsyncServer
+from wyoming.server import AsyncEventHandler, AsyncServer, AsyncUnixServer
 from wyoming.wake import Detect, Detection, NotDetected
 
 from kwspot import __version__, interrupt
@@ -66,6 +66,7 @@ MAX_CLIENTS = 64  # connections served at once (each may buffer an event of up t
 REFUSED_LOG_S = 10.0  # at most one log line this often about refused connections, and about bad requests
 EVENT_TIMEOUT_S = 60.0  # a connection that sends no whole event for this long is closed (Home Assistant streams)
 WRITE_TIMEOUT_S = 10.0  # a client that does not read its answers for this long is closed
+CLOSE_WAIT_S = 1.0  # what is queued for a closing client may take this long to go; then the connection is cut
 EVICT_IDLE_S = 5.0  # when full, a connection idle this long makes room for a new one
 MAX_CHUNK_S = 10.0  # seconds of audio in one audio-chunk (Home Assistant sends 2 KiB: 64 ms)
 COMPLAINT_BURST = 20  # warnings about what clients sent, logged at once before the rate of one a second applies
@@ -152,6 +153,18 @@ def describe(model: Model, keywords: Sequence[str]) -> Info:
     return Info(wake=[program])
 
 
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a client's stream; one whose peer does not read what is still queued is aborted, not waited for
+    (``wait_closed`` would wait until the peer reads it: for ever, and a SIGTERM with it)."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_WAIT_S)
+    except TimeoutError:
+        writer.transport.abort()
+    except Exception:  # noqa: BLE001, S110 - reset by the peer meanwhile: closed anyway
+        pass
+
+
 class WakeConnection(AsyncEventHandler):
     """One client: its keyword choice, its audio stream and its own pipeline."""
 
@@ -190,9 +203,7 @@ class WakeConnection(AsyncEventHandler):
         if refused.take(time.monotonic()):
             log.warning("%d clients connected, the most served at once: refusing more (%d refused so far)",
                         MAX_CLIENTS, refused.total)
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
+        await close_writer(self.writer)
 
     async def _serve(self) -> None:
         peer = self.writer.get_extra_info("peername") or "stdio"
@@ -212,9 +223,7 @@ class WakeConnection(AsyncEventHandler):
             why = f"closed: {type(exc).__name__}: {exc}"
             self.service.complain("client %d: bad request, %s", self.id, ascii(why)[1:-1][:200])
         finally:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+            await close_writer(self.writer)
         log.debug("client %d %s", self.id, why)
 
     async def write_event(self, event: WyomingEvent) -> None:
@@ -321,8 +330,15 @@ def check_uri(uri: str, zeroconf: str | None) -> None:
             raise KwspotError(f"--uri {uri[:80]}: {parsed.hostname[:40]!r} is not a host name or address")
     if parsed.scheme == "stdio" and (sys.stdin is None or sys.stdout is None):
         raise KwspotError(f"--uri {uri}: standard input or output is closed")
-    if parsed.scheme == "stdio" and any(stat.S_ISREG(os.fstat(fd).st_mode) for fd in (0, 1)):
-        raise KwspotError(f"--uri {uri}: standard input and output must be pipes, sockets or a terminal, not files")
+    if parsed.scheme == "stdio" and not all(_streamable(fd) for fd in (0, 1)):
+        raise KwspotError(f"--uri {uri}: standard input and output must be pipes, sockets or a terminal, "
+                          "not files or devices")
+    unused = {"tcp": (parsed.path if parsed.path.strip("/") else "") or parsed.query or parsed.fragment,
+              "unix": parsed.netloc or parsed.query or parsed.fragment,
+              "stdio": parsed.netloc or parsed.path or parsed.query}[parsed.scheme]
+    if unused:  # e.g. unix://run/x.sock: "run" is a host, and the socket would be /x.sock
+        raise KwspotError(f"--uri {uri[:80]}: {unused[:40]!r} would be ignored; e.g. {DEFAULT_URI}, "
+                          "unix:///run/kwspot/wyoming.sock (three slashes) or stdio://")
     if parsed.scheme == "unix" and not parsed.path:
         raise KwspotError(f"--uri {uri}: give a socket path, e.g. unix:///run/kwspot/wyoming.sock")
     if parsed.scheme == "unix":
@@ -333,12 +349,37 @@ def check_uri(uri: str, zeroconf: str | None) -> None:
         raise KwspotError(f"--zeroconf {zeroconf[:80]!r}: a service name is 1 to 63 bytes of printable text")
 
 
+class OwnUnixServer(AsyncUnixServer):
+    """wyoming's unix server, but at its stop it removes the socket only if it is still its own (a server
+    started on the same path since keeps its socket, as kwspot's own socket sink does)."""
+
+    async def start(self, handler_factory: Any) -> None:
+        await super().start(handler_factory)
+        self._ours = os.stat(self.socket_path).st_ino
+
+    async def stop(self) -> None:
+        await AsyncServer.stop(self)
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(OSError):
+            if os.lstat(self.socket_path).st_ino == getattr(self, "_ours", None):
+                self.socket_path.unlink()
+
+
+def _streamable(fd: int) -> bool:
+    """asyncio can stream it: a pipe, a socket or a terminal (not a file, nor /dev/null, whose reads epoll refuses)."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
+
+
 def claim_unix_path(path: str) -> None:
     """Refuse a path that is not a socket or that a live server holds; a stale socket is replaced."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
+    except OSError as exc:  # a regular file on the way, a loop of links, no permission
+        raise KwspotError(f"{path}: cannot make a socket there ({exc.strerror})") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise KwspotError(f"{path}: exists and is not a socket; refusing to replace it")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -427,7 +468,7 @@ async def serve(service: WakeService, uri: str, zeroconf: str | None = None,
         return
     if parsed.scheme == "unix":
         claim_unix_path(parsed.path)
-    server = AsyncServer.from_uri(uri)
+    server = OwnUnixServer(parsed.path) if parsed.scheme == "unix" else AsyncServer.from_uri(uri)
     try:
         await server.start(partial(WakeConnection, service))
     except OSError as exc:

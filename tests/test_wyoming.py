@@ -399,6 +399,9 @@ def test_unix_socket_and_a_clean_exit_on_sigterm(tmp_path):
         (["--uri", "tcp://localhost:99999"], "port"),
         (["--uri", "unix://"], "--uri"),
         (["--uri", "unix:///tmp/kw.sock", "--zeroconf"], "--zeroconf"),
+        (["--uri", "unix://run/kw.sock"], "'run' would be ignored"),  # two slashes: a host, and /kw.sock
+        (["--uri", "tcp://127.0.0.1:10400/some/path"], "'/some/path' would be ignored"),
+        (["--uri", "unix:///tmp/kw.sock?mode=0600"], "'mode=0600' would be ignored"),
         (["--threshold", "2"], "--threshold"),
         (["--model", "/nonexistent.tflite"], "/nonexistent.tflite"),
     ],
@@ -574,3 +577,47 @@ def test_stdio_on_a_regular_file_is_one_line(tmp_path, end):
                                 stdout=stdout if end == "stdout" else subprocess.PIPE, stderr=subprocess.PIPE,
                                 env={**os.environ, "KWSPOT_CONFIG": ""})
     assert_one_line_error(result, "stdio://", "not files")
+
+
+def test_stdio_on_dev_null_is_one_line():
+    with open(os.devnull, "rb") as null:
+        result = subprocess.run(kwspot_cmd("wyoming", "--uri", "stdio://"), timeout=60, text=True, stdin=null,
+                                capture_output=True, env={**os.environ, "KWSPOT_CONFIG": ""})
+    assert_one_line_error(result, "stdio://", "not files or devices")
+
+
+def test_a_socket_path_through_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    result = run_kwspot("wyoming", "--uri", f"unix://{tmp_path / 'file' / 'x.sock'}", timeout=60)
+    assert_one_line_error(result, "x.sock: cannot make a socket there (Not a directory)")
+
+
+def test_a_client_that_never_reads_does_not_hold_sigterm():
+    """Its answers queue up unread; the stop closes the connection by force instead of waiting for the peer."""
+    s = Server()
+    flood = socket.create_connection(("127.0.0.1", s.port))
+    try:
+        flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        flood.sendall(b'{"type": "describe"}\n' * 3000)  # some 3 MB of answers, never read
+        time.sleep(1.0)
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(timeout=20) == 0, s.log
+    finally:
+        flood.close()
+        if s.proc.poll() is None:
+            s.proc.kill()
+
+
+def test_a_stopping_server_leaves_the_socket_of_its_successor(tmp_path):
+    path = tmp_path / "w.sock"
+    first = Server(uri=f"unix://{path}")
+    path.unlink()  # (an operator's mistake) and a second server on the same path
+    second = Server(uri=f"unix://{path}")
+    try:
+        assert first.stop() == 0, first.log
+        assert path.is_socket()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))  # the second server is still reachable
+    finally:
+        assert second.stop() == 0, second.log
+    assert not path.exists()

@@ -155,6 +155,26 @@ def test_a_child_that_left_the_process_group_holds_neither_the_worker_nor_close(
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
+def test_the_children_of_a_command_go_with_it_at_the_timeout(tmp_path, logs):
+    """The command exits at once, its background child keeps the output open: killed at timeout_s, as documented."""
+    pid_file = tmp_path / "pid"
+    sink = ActionsSink([Action("*", ("sh", "-c", f"sleep 77 & echo $! > {pid_file}; echo started"))], timeout_s=1.0)
+    sink.emit(Event("up", 0.9, 1.0))
+    wait_for(lambda: "killed after 1 s (timeout_s)" in logs.text, 20, "the timeout")
+    child = int(pid_file.read_text())
+    wait_for(lambda: not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2],
+             10, "the child to be killed")
+    sink.close()
+    assert "started" in action_lines(logs)
+
+
+def test_a_command_killed_by_a_signal_is_said_so(logs):
+    sink = ActionsSink([Action("*", py("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))])
+    sink.emit(Event("up", 0.9, 1.0))
+    sink.close()
+    assert "killed by signal 9 (SIGKILL)" in logs.text and "status -9" not in logs.text
+
+
 def test_a_command_that_cannot_start_does_not_hold_close(tmp_path, logs):
     """close() is told at once when a command fails to start, not after its wait_s."""
     tool = tmp_path / "tool"

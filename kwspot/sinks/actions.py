@@ -143,8 +143,8 @@ class ActionsSink:
         try:
             if self._talk(action, event, proc):
                 self.log.warning("action %s: killed after %g s (timeout_s)", action.label, self.timeout_s)
-            elif proc.returncode:
-                self.log.warning("action %s: exited with status %d", action.label, proc.returncode)
+            elif proc.returncode and not self._closing:  # killed at close: close() says so, once for all
+                self.log.warning("action %s: %s", action.label, _ended(proc.returncode))
         finally:  # only now does it stop counting as running: its end is logged by then
             with self._cond:
                 self._running.discard(proc)
@@ -158,20 +158,24 @@ class ActionsSink:
             proc.stdin.close()
         except OSError:  # it did not read its stdin: fine
             pass
-        self._read(action, proc, deadline)
+        at_eof = self._read(action, proc, deadline)
         proc.stdout.close()  # a child that left the process group may still hold it open: not our business
         if self._closing:
             _kill_group(proc)
         try:
             proc.wait(max(0.0, deadline - time.monotonic()))
-            return False
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             proc.wait()
             return True
+        if not at_eof and not self._closing:  # the command ended, but a child of its group still held the output
+            _kill_group(proc)  # at the deadline: the command's children go with it, as documented
+            return True
+        return False
 
-    def _read(self, action: Action, proc: subprocess.Popen, deadline: float) -> None:
-        """The output in blocks, logged line by line, until EOF, ``deadline`` or close(): memory stays bounded."""
+    def _read(self, action: Action, proc: subprocess.Popen, deadline: float) -> bool:
+        """The output in blocks, logged line by line, until EOF (True), ``deadline`` or close(): memory stays
+        bounded."""
         out = _Output(self.log, action.label)
         fd = proc.stdout.fileno()
         poll = select.poll()
@@ -180,9 +184,11 @@ class ActionsSink:
             if poll.poll(min(left, POLL_S) * 1000):
                 block = os.read(fd, READ_BYTES)
                 if not block:
-                    break
+                    out.finish()
+                    return True
                 out.feed(block)
         out.finish()
+        return False
 
     def running(self) -> int:
         with self._cond:
@@ -244,6 +250,17 @@ class _Output:
             self.log.info("action %s: (more output not logged)", self.label)
         self.lines += 1
         self.line.clear()
+
+
+def _ended(returncode: int) -> str:
+    """How a command ended, for the log: "exited with status 3", "killed by signal 9 (SIGKILL)"."""
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        name = f" ({signal.Signals(-returncode).name})"
+    except ValueError:
+        name = ""
+    return f"killed by signal {-returncode}{name}"
 
 
 def _env_value(value: str) -> bytes:

@@ -17,6 +17,9 @@ from collections.abc import Mapping
 log = logging.getLogger("kwspot.notify")
 
 
+MIN_WATCHDOG_S = 0.3  # a shorter WatchdogSec cannot be met anyway; pinging faster than every 0.1 s would busy-loop
+
+
 class SystemdNotifier:
     """Send state changes to systemd if we run under it.
 
@@ -92,7 +95,7 @@ class SystemdNotifier:
             value = int(usec)
         except ValueError:
             return None
-        return value / 1e6 if value > 0 else None
+        return max(value / 1e6, MIN_WATCHDOG_S) if value > 0 else None
 
     def close(self) -> None:
         if self._sock is not None:

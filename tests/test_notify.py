@@ -95,6 +95,7 @@ def test_send_errors_never_raise(tmp_path: Path, caplog) -> None:
         ({"WATCHDOG_USEC": "10000000", "WATCHDOG_PID": str(os.getpid())}, 10.0),
         ({"WATCHDOG_USEC": "10000000", "WATCHDOG_PID": str(os.getpid() + 1)}, None),
         ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "1"}, 0.3),  # a microsecond: pings every 0.1 s, not a busy loop
         ({"WATCHDOG_USEC": "soon"}, None),
         ({"WATCHDOG_USEC": "500000", "WATCHDOG_PID": "x"}, None),
         ({}, None),

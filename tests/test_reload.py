@@ -138,3 +138,26 @@ def test_sighup_says_which_changed_settings_wait_for_a_restart(tmp_path):
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
+
+
+def test_sighup_with_a_new_socket_mode_on_the_same_path_moves_the_socket(tmp_path):
+    """The daemon's own socket is no other program's: a reload that keeps the path may change the rest."""
+    sock = tmp_path / "kw.sock"
+    config = tmp_path / "kw.yaml"
+    config.write_text(f"sinks:\n  socket: {sock}\n  jsonl: true\n")
+    daemon = ReloadingDaemon("--config", str(config))
+    try:
+        daemon.play(np.zeros(RATE, np.float32))
+        wait_for(sock.exists, 30, "the socket")
+        config.write_text(f"sinks:\n  socket: {tmp_path}/./kw.sock\n  socket_mode: \"0600\"\n  jsonl: true\n")
+        daemon.hup_and_wait("configuration reloaded")
+        assert not any("reload refused" in line for line in daemon.err), daemon.err
+        assert sock.stat().st_mode & 0o777 == 0o600
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(sock))
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=30) == 0, daemon.err
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert not sock.exists()

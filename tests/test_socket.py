@@ -285,16 +285,36 @@ def test_stale_socket_is_replaced(sock_path: Path) -> None:
         c.close()
 
 
-def test_live_daemon_is_refused(sink: SocketSink, sock_path: Path) -> None:
-    with pytest.raises(KwspotError, match="another kwspot is already listening there") as exc:
-        SocketSink(sock_path)
-    assert str(sock_path) in str(exc.value)
-    # the running daemon is untouched (it saw the probe come and go, then our client)
-    (c,) = connect(sock_path)
-    wait_for(lambda: sink.accepted == 2 and sink.client_count == 1, what="probe gone, client accepted")
-    sink.emit(Event("stop", 0.9, t=0.5))
-    assert json.loads(read_lines(c, 1)[0])["keyword"] == "stop"
-    c.close()
+def test_live_daemon_is_refused(sock_path: Path) -> None:
+    """Another process's sink (here: its listener, bound by a child process) is refused and left untouched."""
+    code = ("import socket, sys, time\n"
+            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8); print('up', flush=True)\n"
+            "c, _ = s.accept(); c.recv(1); c, _ = s.accept(); c.sendall(b'alive'); time.sleep(5)\n")
+    other = subprocess.Popen([sys.executable, "-c", code, str(sock_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "up\n"
+        with pytest.raises(KwspotError, match="another program is already listening there") as exc:
+            SocketSink(sock_path)
+        assert str(sock_path) in str(exc.value)
+        (c,) = connect(sock_path)  # the other program still has its socket: it saw the probe, then this client
+        assert c.recv(5) == b"alive"
+        c.close()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_reload_on_the_same_path_replaces_this_process_own_socket(sink: SocketSink, sock_path: Path) -> None:
+    """A second sink of this process on the path takes it over (a reload's new socket_mode); the first, closed
+    later, leaves the new socket in place."""
+    with SocketSink(sock_path, mode=0o600) as second:
+        assert sock_path.stat().st_mode & 0o777 == 0o600
+        sink.close()
+        assert sock_path.exists()
+        (c,) = connect(sock_path)
+        wait_for(lambda: second.client_count == 1, what="the client on the new socket")
+        c.close()
+    assert not sock_path.exists()
 
 
 def test_non_socket_file_is_refused(sock_path: Path) -> None:

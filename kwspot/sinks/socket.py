@@ -128,6 +128,7 @@ class SocketSink:
         try:
             st = os.stat(self._abspath)
             self._inode = (st.st_dev, st.st_ino)
+            _BOUND_HERE.add(self._inode)
             self._wake_r, self._wake_w = socket.socketpair()
             for s in (self._wake_r, self._wake_w):
                 s.setblocking(False)
@@ -200,6 +201,7 @@ class SocketSink:
         self._sel.close()
         for s in (self._listener, self._wake_r, self._wake_w):
             s.close()
+        _BOUND_HERE.discard(self._inode)
         try:
             st = os.stat(self._abspath)
         except OSError:
@@ -232,7 +234,7 @@ class SocketSink:
         except OSError as e:
             sock.close()
             if e.errno == errno.EADDRINUSE:  # lost a race with another daemon
-                raise KwspotError(f"{path}: another kwspot is already listening there") from None
+                raise KwspotError(f"{path}: another program is already listening there") from None
             raise KwspotError(f"{path}: cannot create socket: {e.strerror or e}") from None
         try:
             os.chmod(self._abspath, self.mode)  # before listen(): nobody can connect in between
@@ -255,6 +257,9 @@ class SocketSink:
             raise KwspotError(f"{path}: cannot check the existing file: {e.strerror}") from None
         if not stat.S_ISSOCK(st.st_mode):
             raise KwspotError(f"{path}: exists and is not a socket; refusing to replace it")
+        if (st.st_dev, st.st_ino) in _BOUND_HERE:  # this daemon's own, being replaced by a reload
+            _unlink_quietly(self._abspath)
+            return
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)
         try:
@@ -262,11 +267,11 @@ class SocketSink:
         except ConnectionRefusedError:
             pass  # stale: nobody listening
         except (TimeoutError, BlockingIOError):  # backlog full: very much alive
-            raise KwspotError(f"{path}: another kwspot is already listening there") from None
+            raise KwspotError(f"{path}: another program is already listening there") from None
         except OSError as e:
             raise KwspotError(f"{path}: cannot check the existing socket: {e.strerror or e}") from None
         else:
-            raise KwspotError(f"{path}: another kwspot is already listening there")
+            raise KwspotError(f"{path}: another program is already listening there")
         finally:
             probe.close()
         try:
@@ -497,6 +502,11 @@ class SocketSink:
             "refused %d client%s on %s: %d clients already (the limit); next report in %.0f s at the earliest",
             n, "" if n == 1 else "s", self.path, self.max_clients, _REFUSED_LOG_INTERVAL,
         )
+
+
+# Socket files this process bound and still listens on: a reload that keeps the path (a new socket_mode, the
+# same path spelled otherwise) replaces its own socket instead of taking it for another program's.
+_BOUND_HERE: set[tuple[int, int]] = set()
 
 
 def check_owner(path: str | os.PathLike[str]) -> None:

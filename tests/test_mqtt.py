@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -362,3 +363,18 @@ def test_bad_mqtt_settings_give_one_line(tmp_path, mqtt, culprit):
     config = write_config(tmp_path / "config.yaml", mqtt=mqtt)
     result = run_kwspot("listen", "--config", str(config), "--input", "-", input="", timeout=60)
     assert_one_line_error(result, culprit)
+
+
+def test_two_daemons_with_one_client_id_are_told_once_not_every_two_seconds(broker, logs):
+    """The broker drops each for the other in turn; the log says why once, not two lines every reconnect."""
+    sinks = [MqttSink("127.0.0.1", broker.port, client_id="kitchen") for _ in range(2)]
+    try:
+        wait_for(lambda: logs.text.count("lost the broker") >= 2 and "such in a row" in logs.text, 60,
+                 "the broker to drop them in turn")
+        time.sleep(10)  # several more drops
+        hints = logs.text.count("another client with the same client_id")
+        lost = [r for r in logs.records if "lost the broker" in r.getMessage() and r.levelno >= logging.WARNING]
+    finally:
+        for sink in sinks:
+            sink.close()
+    assert 1 <= hints <= 2 and len(lost) <= 4, logs.text  # each: the first loss, the first quick one

@@ -36,6 +36,8 @@ from kwspot.sinks import SinkContext, SinkSettings, SinkSpec
 DROP_LOG_INTERVAL_S = 5.0
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 10
+FLAP_S = 30.0  # a connection lost sooner than this after CONNACK counts as flapping: told once, then every
+FLAP_REPORT_EVERY = 100  # so many in a row (a duplicate client_id otherwise logs two lines every 2 s for ever)
 CONNACK_TIMEOUT_S = 10  # a connection the broker has not answered by then is reported (paho gives up later)
 
 
@@ -125,6 +127,8 @@ class MqttSink:
         self._connected = False
         self._was_connected = False
         self._failures = 0
+        self._connected_at = 0.0
+        self._flaps = 0  # connections in a row that the broker ended within FLAP_S
         self._opened: float | None = None  # when the socket opened, until CONNACK (or its absence is reported)
         self._closing = False
 
@@ -251,8 +255,10 @@ class MqttSink:
             return
         with self._cond:
             self._connected, self._failures = True, 0
+            self._connected_at = time.monotonic()
             self._cond.notify_all()
-        self.log.info("mqtt: connected to %s%s", self.where, " again" if self._was_connected else "")
+        level = logging.DEBUG if self._flaps > 1 else logging.INFO  # the first reconnect of a flapping run is told
+        self.log.log(level, "mqtt: connected to %s%s", self.where, " again" if self._was_connected else "")
         self._was_connected = True
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -260,7 +266,14 @@ class MqttSink:
             was, self._connected = self._connected, False
             closing, early, self._opened = self._closing, self._opened is not None, None
         if was and not closing:
-            self.log.warning("mqtt: lost the broker at %s (%s); reconnecting", self.where, reason)
+            lasted = time.monotonic() - self._connected_at
+            self._flaps = self._flaps + 1 if lasted < FLAP_S else 0
+            if self._flaps <= 1 or self._flaps % FLAP_REPORT_EVERY == 0:
+                hint = (f" {lasted:.1f} s after connecting ({self._flaps} such in a row: another client with the "
+                        "same client_id, or a broker that drops kwspot?)" if self._flaps else "")
+                self.log.warning("mqtt: lost the broker at %s (%s)%s; reconnecting", self.where, reason, hint)
+            else:
+                self.log.debug("mqtt: lost the broker at %s (%s) again", self.where, reason)
         elif early and not closing:
             self._failure(f"closed the connection before CONNACK ({reason})")
 

@@ -102,10 +102,13 @@ class WakeService:
         log.warning(message + (f" ({held} more client warnings not logged)" if held else ""), *args)
 
     def flush_complaints(self) -> None:
-        """Say how many client warnings were held back (at exit)."""
+        """Say how many client warnings were held back, and refusals not yet told (at exit)."""
         if self._held_back:
             log.warning("%d more client warnings not logged", self._held_back)
             self._held_back = 0
+        if untold := self.refused.take(float("inf")):
+            log.warning("%d more clients refused (%d in all): %d is the most served at once",
+                        untold, self.refused.total, MAX_CLIENTS)
 
     def idlest(self) -> WakeConnection | None:
         """The connection that has sent nothing for longest, if that is over EVICT_IDLE_S."""

@@ -621,3 +621,17 @@ def test_a_stopping_server_leaves_the_socket_of_its_successor(tmp_path):
     finally:
         assert second.stop() == 0, second.log
     assert not path.exists()
+
+
+def test_refusals_not_yet_told_are_told_at_exit(caplog):
+    from kwspot.detector import DetectorSettings
+    from kwspot.model import Model, bundled_model_path
+    from kwspot.wyoming_server import MAX_CLIENTS, WakeService
+
+    service = WakeService(Model(bundled_model_path()), DetectorSettings(), 0.1)
+    for _ in range(86):
+        service.refused.add()
+        service.refused.take(time.monotonic())  # the first is told at once, the next ones wait for the interval
+    with caplog.at_level("WARNING"):
+        service.flush_complaints()
+    assert f"85 more clients refused (86 in all): {MAX_CLIENTS} is the most served at once" in caplog.text

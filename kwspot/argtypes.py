@@ -26,7 +26,8 @@ class Number:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{self.__name__} expected, not {text!r}") from None
         if not math.isfinite(value) or not self.low <= value <= self.high:
-            raise argparse.ArgumentTypeError(f"must be between {self.low:g} and {self.high:g}, not {text}")
+            low, high = (f"{int(x)}" if self.integer else f"{x:g}" for x in (self.low, self.high))
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {text}")
         return value
 
     def __repr__(self) -> str:

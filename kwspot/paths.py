@@ -19,8 +19,10 @@ PATH_MAX = 4095  # bytes in a whole path
 
 
 def shown(path: str | os.PathLike[str]) -> str:
-    """The path as text that always prints: undecodable bytes become escapes."""
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    """The path as text that always prints: undecodable bytes and control characters (a newline, a terminal's
+    escape sequence) become escapes."""
+    text = os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def not_a_file(path: Path, what: str) -> str:

@@ -282,3 +282,15 @@ def test_a_broken_alsa_configuration_is_one_line(tmp_path):
     (tmp_path / ".asoundrc").write_text("pcm.x { type\n")
     result = run("devices", env={"HOME": str(tmp_path)})
     assert_exit_2(result, "PortAudio cannot start", "ALSA configuration")
+
+
+def test_a_path_with_control_characters_is_shown_escaped():
+    from kwspot.paths import shown
+
+    assert shown("/tmp/a\x1b[31mb\nc") == "/tmp/a\\x1b[31mb\\nc"  # no terminal escape, no second log line
+    assert shown("/tmp/été") == "/tmp/été"
+
+
+def test_a_whole_number_range_is_told_in_whole_numbers():
+    line = assert_exit_2(run("evaluate", "--data", "d", "--seed", "-1"))
+    assert "between 0 and 4294967295, not -1" in line, line

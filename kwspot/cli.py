@@ -27,7 +27,7 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
                      help="capture through PulseAudio/PipeWire or PortAudio (default auto: the sound server "
                      "for the default input when one runs)")
     src.add_argument("--rate", "-r", type=Number(MIN_RATE, MAX_RATE, integer=True), metavar="HZ",
-                     help="capture rate (default: the device's; stdin 16000)")
+                     help="capture rate (default: the device's), or the rate of raw PCM on stdin or a FIFO (16000)")
     src.add_argument("--input", "-i", metavar="FILE", help="read a WAV/FLAC file, or '-' for raw S16_LE mono on stdin")
     src.add_argument("--fast", action="store_true", help="with --input FILE: as fast as possible, not real time")
     det = p.add_argument_group("model and detector")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from kwspot import stdio
 from kwspot.errors import KwspotError
 from kwspot.paths import checked
 from kwspot.sinks.socket import check_owner, check_peer, socket_path_candidates
@@ -139,11 +140,5 @@ def _finite(text: str) -> float:
 
 def _silence_stdout(out: TextIO) -> None:
     """After EPIPE on stdout, point it at /dev/null so the interpreter's final flush stays quiet."""
-    if out is not sys.stdout:
-        return
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
+    if out is sys.stdout:
+        stdio.silence_stdout()

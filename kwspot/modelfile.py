@@ -115,10 +115,11 @@ def _mapping_or_none(value: Any) -> Any:
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are distinct (json would keep the last of a repeated key without a word)."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        repeated = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
-        raise ValueError(f"the key {repeated!r:.40} appears twice")
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r:.40} appears twice")
+        out[key] = value
     return out
 
 

@@ -231,7 +231,6 @@ class StdinSource:
                 pass
 
 
-
 def _decode(head: bytes, kind: str, fd: int, block_ms: int, out: queue.Queue[Any]) -> None:
     """Decode a WAV or FLAC stream from ``fd`` (its first bytes already read: ``head``) into ``out``: first
     (kind, rate, channels), then blocks of frames, then ``_END``; or the exception that stopped it."""

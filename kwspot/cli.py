@@ -162,13 +162,13 @@ def run(args: argparse.Namespace) -> int:
     return SUBCOMMANDS[args.command][2](args)
 
 
-def refuse_empty_values(argv: list[str]) -> None:
-    """KwspotError for an empty value (``--config ""``, a path made of an unset variable): argparse takes it,
-    ``type=Path`` reads it as ".", and other options as not given."""
+def refuse_empty_values(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A command-line error for an empty value (``--config ""``, a path made of an unset variable): argparse
+    takes it, ``type=Path`` reads it as ".", and other options as not given."""
     for before, token in zip(["kwspot", *argv], argv, strict=False):
         if token == "" or (token.startswith("--") and token.endswith("=")):
             flag = token.rstrip("=") or (before if before.startswith("-") else "")
-            raise KwspotError(f"{flag}: empty value" if flag else "an empty argument (an unset variable?)")
+            parser.error(f"{flag}: empty value" if flag else "an empty argument (an unset variable?)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     stdio.fill_closed_fds()
     stdio.tag_stdout()
     try:
-        refuse_empty_values(sys.argv[1:] if argv is None else argv)
-        code = run(build_parser(argv).parse_args(argv))
+        parser = build_parser(argv)
+        refuse_empty_values(parser, sys.argv[1:] if argv is None else argv)
+        code = run(parser.parse_args(argv))
         if sys.stdout is not None:
             sys.stdout.flush()  # a full disk is told here, not by the interpreter at exit
     except KwspotError as exc:

@@ -290,7 +290,7 @@ PATH_OPTIONS: dict[str, tuple[str, Callable[[Path, str], list[str]]]] = {
                                                  "--format", "jsonl", "--socket", p]),
     "events --socket": ("socket", lambda tmp, p: ["events", "--socket", p]),
     "predict FILE": ("audio", lambda tmp, p: ["predict", p]),
-    "wyoming --model": ("model", lambda tmp, p: ["wyoming", "--uri", "stdio://", "--model", p]),
+    "wyoming --model": ("model", lambda tmp, p: ["wyoming", "--uri", "tcp://127.0.0.1:0", "--model", p]),
     "wyoming --config": ("config", lambda tmp, p: ["wyoming", "--uri", "stdio://", "--config", p]),
 }
 
@@ -786,7 +786,7 @@ def test_a_sidecar_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tempfile, "NamedTemporaryFile", full)
+    monkeypatch.setattr(tempfile, "mkstemp", full)
     with pytest.raises(KwspotError, match=r"m\.json: cannot write the model sidecar \(No space left on device\)"):
         modelfile.save_thresholds(model, {"yes": 0.5})
 

@@ -269,7 +269,7 @@ def test_a_sidecar_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypat
 def test_an_empty_value_is_refused_not_taken_for_missing(argv, flag):
     line = assert_exit_2(run(*argv))
     assert line == (f"kwspot: error: {flag}: empty value" if flag else
-                    "kwspot: error: an empty argument (an unset variable?)"), line
+                    "kwspot: error: an empty argument (an unset variable?)") + " (see kwspot --help)", line
 
 
 @pytest.mark.parametrize("name", ["z" * 64, "a\x01b", ""])

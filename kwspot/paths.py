@@ -63,8 +63,10 @@ def checked(path: str | os.PathLike[str], what: str = "file") -> Path:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file beside it and a rename: a reader, a full disk or a
-    crash never leaves half a file in place of the old one. Mode 0666 less the umask (a daemon of another
-    user may read it). OSError as it comes; the temporary file is gone either way."""
+    crash never leaves half a file in place of the old one. A symbolic link is written through (its target
+    replaced, the link kept). Mode 0666 less the umask (a daemon of another user may read it). OSError as it
+    comes; the temporary file is gone either way."""
+    path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

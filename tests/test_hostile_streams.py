@@ -294,3 +294,17 @@ def test_a_path_with_control_characters_is_shown_escaped():
 def test_a_whole_number_range_is_told_in_whole_numbers():
     line = assert_exit_2(run("evaluate", "--data", "d", "--seed", "-1"))
     assert "between 0 and 4294967295, not -1" in line, line
+
+
+def test_a_sidecar_behind_a_link_is_written_through_it(tmp_path):
+    """--save-thresholds on a model whose sidecar is a link (a shared models folder): the target changes, the
+    link stays a link."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(bundled_model_path(), tmp_path / "m.tflite")
+    shutil.copy(modelfile.sidecar_path(bundled_model_path()), shared / "m.json")
+    (tmp_path / "m.json").symlink_to(shared / "m.json")
+    modelfile.save_thresholds(tmp_path / "m.tflite", {"yes": 0.42})
+    assert (tmp_path / "m.json").is_symlink()
+    assert modelfile.read(tmp_path / "m.tflite").thresholds["yes"] == 0.42
+    assert sorted(p.name for p in shared.iterdir()) == ["m.json"]

@@ -53,6 +53,7 @@ from kwspot.notify import SystemdNotifier
 from kwspot.paths import checked
 from kwspot.pipeline import Pipeline
 from kwspot.sources import with_tail
+from kwspot.verifier import Verifier
 from kwspot.wyoming_events import audio_format, read_event
 
 log = logging.getLogger("kwspot")
@@ -80,6 +81,7 @@ class WakeService:
     model: Model
     detector: DetectorSettings
     hop_s: float
+    verifier: Verifier | None = None  # the model's second stage, as in listen (shared: one event loop uses it)
     keywords: list[str] = field(default_factory=list)
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     refused: Tally = field(default_factory=lambda: Tally(REFUSED_LOG_S))  # closed at once: MAX_CLIENTS connected
@@ -127,7 +129,7 @@ class WakeService:
         if names is not None:
             muted = {k: float("inf") for k in self.keywords if k not in names}
             settings = dataclasses.replace(settings, thresholds={**(settings.thresholds or {}), **muted})
-        return Pipeline(self.model, Detector(self.model.labels, settings), self.hop_s)
+        return Pipeline(self.model, Detector(self.model.labels, settings), self.hop_s, self.verifier)
 
 
 def describe(model: Model, keywords: Sequence[str]) -> Info:
@@ -511,7 +513,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kwspot.listen import detector_settings, load_model
+    from kwspot.listen import detector_settings, load_model, load_verifier, log_verifier
     from kwspot.logs import setup_logging
     from kwspot.settings import resolve
 
@@ -524,7 +526,9 @@ def run(args: argparse.Namespace) -> int:
     log.debug("config: %s", path or "built-in defaults")
     model = load_model(settings)
     detector = detector_settings(settings, model, args.threshold is not None, str(path or "config"))
-    service = WakeService(model, detector, hop_s=settings["detector"]["hop_ms"] / 1000)
+    verifier = load_verifier(settings, model)
+    service = WakeService(model, detector, hop_s=settings["detector"]["hop_ms"] / 1000, verifier=verifier)
+    log_verifier(verifier, model)
 
     def reread() -> DetectorSettings:  # the file again, the flags again (they outlive a reload)
         fresh, where = resolve(args.config, flags)

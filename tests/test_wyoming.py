@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -635,3 +636,33 @@ def test_refusals_not_yet_told_are_told_at_exit(caplog):
     with caplog.at_level("WARNING"):
         service.flush_complaints()
     assert f"85 more clients refused (86 in all): {MAX_CLIENTS} is the most served at once" in caplog.text
+
+
+def test_the_models_verifier_is_loaded_as_listen_loads_it(tmp_path):
+    """A sidecar naming a verifier head: wyoming refuses a missing head in one line, as listen does."""
+    from kwspot.model import bundled_model_path
+
+    for name in ("kwspot.tflite", "kwspot.json"):
+        shutil.copy(bundled_model_path().with_name(name), tmp_path / name)
+    meta = json.loads((tmp_path / "kwspot.json").read_text())
+    meta["verifier"] = {"head": "nothere.npz"}
+    (tmp_path / "kwspot.json").write_text(json.dumps(meta))
+    result = run_kwspot("wyoming", "--uri", "tcp://127.0.0.1:0", "--model", str(tmp_path / "kwspot.tflite"),
+                        timeout=60)
+    assert_one_line_error(result, "nothere.npz", "verifier head missing")
+
+
+def test_a_models_verifier_runs_in_wyoming_too(tmp_path):
+    pytest.importorskip("pyopen_wakeword", reason="pyopen-wakeword is not installed")
+    from kwspot.model import bundled_model_path
+
+    for name in ("kwspot.tflite", "kwspot.json", "kwspot.verifier.npz"):
+        shutil.copy(bundled_model_path().with_name(name), tmp_path / name)
+    meta = json.loads((tmp_path / "kwspot.json").read_text())
+    meta["verifier"] = {"head": "kwspot.verifier.npz"}
+    (tmp_path / "kwspot.json").write_text(json.dumps(meta))
+    s = Server("--model", str(tmp_path / "kwspot.tflite"))
+    try:
+        assert "verifier kwspot.verifier.npz checks every event" in s.log, s.log
+    finally:
+        assert s.stop() == 0, s.log

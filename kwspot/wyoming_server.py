@@ -451,6 +451,8 @@ def _reload(service: WakeService, settings: Callable[[], DetectorSettings], noti
 async def serve(service: WakeService, uri: str, zeroconf: str | None = None,
                 reload: Callable[[], DetectorSettings] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or, on stdio, until stdin ends); SIGHUP calls ``reload``."""
+    from kwspot.listen import log_verifier
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -465,6 +467,7 @@ async def serve(service: WakeService, uri: str, zeroconf: str | None = None,
     if parsed.scheme == "stdio":
         connection = WakeConnection(service, await async_get_stdin(), await async_get_stdout())
         task = asyncio.create_task(connection.run())
+        log_verifier(service.verifier, service.model)
         log.info("serving Wyoming on stdio with model %s (%s)", service.model.path.name, words)
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -484,6 +487,7 @@ async def serve(service: WakeService, uri: str, zeroconf: str | None = None,
     try:
         if zeroconf is not None:
             await _announce(bound or 0, parsed.hostname or "", zeroconf)
+        log_verifier(service.verifier, service.model)  # once start-up has succeeded: bad input stays one line
         log.info("serving Wyoming on %s with model %s (%s)", uri, service.model.path.name, words)
         notifier.ready()
         pinger = asyncio.create_task(_watchdog(notifier))
@@ -513,7 +517,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kwspot.listen import detector_settings, load_model, load_verifier, log_verifier
+    from kwspot.listen import detector_settings, load_model, load_verifier
     from kwspot.logs import setup_logging
     from kwspot.settings import resolve
 
@@ -528,7 +532,6 @@ def run(args: argparse.Namespace) -> int:
     detector = detector_settings(settings, model, args.threshold is not None, str(path or "config"))
     verifier = load_verifier(settings, model)
     service = WakeService(model, detector, hop_s=settings["detector"]["hop_ms"] / 1000, verifier=verifier)
-    log_verifier(verifier, model)
 
     def reread() -> DetectorSettings:  # the file again, the flags again (they outlive a reload)
         fresh, where = resolve(args.config, flags)

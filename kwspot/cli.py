@@ -166,8 +166,11 @@ def refuse_empty_values(parser: argparse.ArgumentParser, argv: list[str]) -> Non
     """A command-line error for an empty value (``--config ""``, a path made of an unset variable): argparse
     takes it, ``type=Path`` reads it as ".", and other options as not given."""
     for before, token in zip(["kwspot", *argv], argv, strict=False):
-        if token == "" or (token.startswith("--") and token.endswith("=")):
-            flag = token.rstrip("=") or (before if before.startswith("-") else "")
+        if before == "--":
+            return  # what follows is the user's, as given
+        flag, eq, value = token.partition("=")
+        if token == "" or (token.startswith("--") and eq and not value):
+            flag = flag if token else (before if before.startswith("-") else "")
             parser.error(f"{flag}: empty value" if flag else "an empty argument (an unset variable?)")
 
 

@@ -25,7 +25,9 @@ def import_sounddevice() -> ModuleType:
         raise KwspotError(
             "the PortAudio library is missing: install it (Debian: sudo apt-get install libportaudio2)"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - sounddevice.PortAudioError, not importable before: Pa_Initialize failed
+    except Exception as exc:
+        if type(exc).__name__ != "PortAudioError":  # sounddevice's, not importable before: Pa_Initialize failed
+            raise
         raise KwspotError(f"PortAudio cannot start ({str(exc)[:120]}); is the ALSA configuration "
                           "(~/.asoundrc, /etc/asound.conf) broken?") from None
     release_alsa_plugins()

@@ -64,6 +64,10 @@ SCORE_SLACK = 1e-3  # how far outside 0..1 a float32 softmax may round
 MAX_MODEL_BYTES = 256 << 20  # the bundled model is 0.3 MiB; a file past this is not a keyword model
 
 
+class BadScores(KwspotError):
+    """The model gave a window scores that are not probabilities (NaN, or outside 0..1): a broken model."""
+
+
 class Model:
     """A keyword model: ``predict(window) -> probabilities`` over ``labels``."""
 
@@ -160,5 +164,5 @@ class Model:
         scores = self._interpreter.get_tensor(self._output["index"])[0].astype(np.float32)
         wrong = scores[~((scores >= -SCORE_SLACK) & (scores <= 1.0 + SCORE_SLACK))]  # NaN compares False: wrong
         if wrong.size:
-            raise KwspotError(f"{self.path}: model gives scores that are not probabilities (e.g. {float(wrong[0]):g})")
+            raise BadScores(f"{self.path}: model gives scores that are not probabilities (e.g. {float(wrong[0]):g})")
         return scores

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,8 +128,10 @@ LABEL_FORBIDDEN = "/ # +"  # MQTT topic separators and wildcards: a label names 
 
 
 def label_ok(name: str) -> bool:
-    """A label or keyword name events and topics can carry: printable text without ``/``, ``#`` or ``+``."""
-    return name.isprintable() and not any(c in name for c in LABEL_FORBIDDEN.split())
+    """A label or keyword name events and topics can carry: no control character, line break or lone surrogate
+    (a zero-width joiner of Persian or Hindi is fine), no ``/``, ``#`` or ``+``."""
+    return (not any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in name)
+            and not any(c in name for c in LABEL_FORBIDDEN.split()))
 
 
 MAX_FRAMES = 4000  # frames of a window (the bundled model: 97)
@@ -177,7 +180,8 @@ def check(meta: Any, path: Path) -> ModelFile:
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
         raise KwspotError(f"{path}: sidecar has no list of 'labels'")
     if bad := next((x for x in labels if not label_ok(x)), None):
-        raise KwspotError(f"{path}: sidecar label {bad!r:.40} must be printable, without {LABEL_FORBIDDEN}")
+        raise KwspotError(f"{path}: sidecar label {bad!r:.40} must be text without control characters, "
+                          f"nor {LABEL_FORBIDDEN}")
     if len(set(labels)) != len(labels):
         raise KwspotError(f"{path}: sidecar 'labels' repeat a name")
     if not keywords_of(labels):

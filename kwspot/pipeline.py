@@ -27,13 +27,14 @@ import numpy as np
 from kwspot.detector import Detector
 from kwspot.events import Event
 from kwspot.frontend import SAMPLE_RATE
-from kwspot.model import Model
+from kwspot.model import BadScores, Model
 from kwspot.ring import RingBuffer
 
 if TYPE_CHECKING:
     from kwspot.verifier import Verifier
 
 log = logging.getLogger("kwspot")
+BAD_WINDOWS_LOG_EVERY = 1000  # after the first, every so many windows with broken scores are told again
 DEFAULT_HOP_S = 0.1
 
 
@@ -53,6 +54,7 @@ class Pipeline:
         self.rejected = 0
         self._pending = np.zeros(0, dtype=np.float32)
         self.hops = 0
+        self.bad_windows = 0  # windows the model gave no probabilities for (see Model.predict)
         self.level_db = -120.0  # RMS level of the latest hop, dBFS (the gate's input)
         self.last_probs = np.zeros(len(model.labels), dtype=np.float32)
 
@@ -94,7 +96,13 @@ class Pipeline:
             self.recent.write(hop)
         self.hops += 1
         self.level_db = level_db(hop)
-        self.last_probs = self.model.predict(self.ring.window())
+        try:
+            self.last_probs = self.model.predict(self.ring.window())
+        except BadScores as exc:  # a model broken on some input: this window fires nothing; the stream goes on
+            self.bad_windows += 1
+            if self.bad_windows == 1 or self.bad_windows % BAD_WINDOWS_LOG_EVERY == 0:
+                log.warning("%s: window taken as no detection (%d such so far)", exc, self.bad_windows)
+            self.last_probs = np.zeros(len(self.model.labels), dtype=np.float32)
         return self.last_probs
 
     def _step(self, hop: np.ndarray) -> Event | None:

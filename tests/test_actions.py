@@ -160,7 +160,8 @@ def test_the_children_of_a_command_go_with_it_at_the_timeout(tmp_path, logs):
     pid_file = tmp_path / "pid"
     sink = ActionsSink([Action("*", ("sh", "-c", f"sleep 77 & echo $! > {pid_file}; echo started"))], timeout_s=1.0)
     sink.emit(Event("up", 0.9, 1.0))
-    wait_for(lambda: "killed after 1 s (timeout_s)" in logs.text, 20, "the timeout")
+    wait_for(lambda: "exited with status 0, but its children still held its output after 1 s (timeout_s): killed"
+             in logs.text, 20, "the timeout")
     child = int(pid_file.read_text())
     wait_for(lambda: not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2],
              10, "the child to be killed")

@@ -280,10 +280,10 @@ CASES = {
         thresholds=0))), ["zero_thr.json", "thresholds must be a mapping"]),
     "sidecar label with an escape": (with_model(lambda tmp: copy_model(tmp, "esc", sidecar=bundled_sidecar(
         labels=["_silence_", "_unknown_", "st\nop\x1b[31m", *json.loads(bundled_sidecar())["labels"][3:]],
-        thresholds={}))), ["esc.json", "must be printable"]),
+        thresholds={}))), ["esc.json", "without control characters"]),
     "sidecar label with an MQTT wildcard": (with_model(lambda tmp: copy_model(tmp, "hash", sidecar=bundled_sidecar(
         labels=["_silence_", "_unknown_", "st#op", *json.loads(bundled_sidecar())["labels"][3:]],
-        thresholds={}))), ["hash.json", "without / # +"]),
+        thresholds={}))), ["hash.json", "nor / # +"]),
     "sidecar hop of one sample": (with_model(lambda tmp: copy_model(tmp, "hop1", sidecar=bundled_sidecar(features={
         **json.loads(bundled_sidecar())["features"], "hop": 1}))), ["hop1.json", "more than 4000"]),
     "sidecar of a million labels, one bad threshold": (with_model(lambda tmp: copy_model(tmp, "many", sidecar=(

@@ -242,6 +242,26 @@ def test_a_model_that_gives_nan_on_some_window_is_refused_there(monkeypatch):
         model.predict(np.zeros(model.window_samples, np.float32))
 
 
+def test_a_stream_survives_a_window_the_model_gives_nan(monkeypatch, caplog):
+    """Listening (and stream evaluation, the same Pipeline) takes such a window as no detection, and says so."""
+    from kwspot.detector import Detector, DetectorSettings
+    from kwspot.pipeline import Pipeline
+
+    model = Model(bundled_model_path())
+    real, calls = model._interpreter.get_tensor, []
+
+    def nan_once(index):
+        calls.append(index)
+        return real(index) * (np.float32("nan") if len(calls) == 5 else np.float32(1))
+
+    monkeypatch.setattr(model._interpreter, "get_tensor", nan_once)
+    pipeline = Pipeline(model, Detector(model.labels, DetectorSettings()), 0.1)
+    with caplog.at_level("WARNING"):
+        pipeline.feed(np.zeros(8000 * 3, np.float32))
+    assert pipeline.hops == 30 and pipeline.bad_windows == 1
+    assert "not probabilities (e.g. nan): window taken as no detection (1 such so far)" in caplog.text
+
+
 def test_a_sidecar_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
     model = tmp_path / "m.tflite"
     shutil.copy(bundled_model_path(), model)
@@ -308,3 +328,17 @@ def test_a_sidecar_behind_a_link_is_written_through_it(tmp_path):
     assert (tmp_path / "m.json").is_symlink()
     assert modelfile.read(tmp_path / "m.tflite").thresholds["yes"] == 0.42
     assert sorted(p.name for p in shared.iterdir()) == ["m.json"]
+
+
+def test_labels_may_be_any_language_but_carry_no_control_characters():
+    assert modelfile.label_ok("ça") and modelfile.label_ok("on-off") and modelfile.label_ok("می\u200cخواهم")
+    assert not any(modelfile.label_ok(x) for x in ("st\nop", "a\x1b[31m", "st#op", "a/b", "x+y", "\ud800"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["listen", "--exec=logger -t kw key=", "--config", "/nonexistent/kw.yaml"],  # a value that ends in "="
+    ["predict", "--", ""],  # after "--", the user's arguments as given
+])
+def test_values_that_merely_end_in_an_equals_sign_are_not_empty(argv):
+    result = run(*argv)
+    assert "empty" not in text(result.stderr), result.stderr

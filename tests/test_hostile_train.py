@@ -160,7 +160,7 @@ def test_a_folder_where_the_clip_cache_goes_is_one_line(data: Path, tmp_path: Pa
     (cached,) = tmp_path.glob("clips-*.npy")
     cached.unlink()
     cached.mkdir()
-    with pytest.raises(KwspotError, match="a folder where the clip cache goes; remove it"):
+    with pytest.raises(KwspotError, match="a directory, not a cache file, where the clip cache goes; remove it"):
         data_module.clip_windows(paths, tmp_path)
 
 
@@ -438,7 +438,7 @@ def test_a_stream_over_noise_without_noise_is_refused_not_measured_clean(data: P
     code, _, err = _kwspot(capsys, "evaluate", "--data", str(data), "--stream", "--snr", "5",
                            "--cache", str(data.parent / "cache"))
     assert code == 2
-    _one_line(err, f"{data}: no background noise to mix at the SNRs asked for")
+    _one_line(err, f"{data}: no background noise to mix the words at 5 dB SNR")
 
 
 def test_a_list_named_validation_something_is_read_not_replaced(data: Path, capsys):

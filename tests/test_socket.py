@@ -304,17 +304,13 @@ def test_live_daemon_is_refused(sock_path: Path) -> None:
         other.wait()
 
 
-def test_a_reload_on_the_same_path_replaces_this_process_own_socket(sink: SocketSink, sock_path: Path) -> None:
-    """A second sink of this process on the path takes it over (a reload's new socket_mode); the first, closed
-    later, leaves the new socket in place."""
-    with SocketSink(sock_path, mode=0o600) as second:
-        assert sock_path.stat().st_mode & 0o777 == 0o600
-        sink.close()
-        assert sock_path.exists()
-        (c,) = connect(sock_path)
-        wait_for(lambda: second.client_count == 1, what="the client on the new socket")
-        c.close()
-    assert not sock_path.exists()
+def test_a_second_sink_on_this_process_own_path_is_refused_with_the_true_reason(sink: SocketSink,
+                                                                                 sock_path: Path) -> None:
+    with pytest.raises(KwspotError, match="this kwspot already serves events there; a new socket_mode"):
+        SocketSink(sock_path, mode=0o600)
+    (c,) = connect(sock_path)  # the running sink keeps its socket
+    wait_for(lambda: sink.client_count == 1, what="the client on the running socket")
+    c.close()
 
 
 def test_non_socket_file_is_refused(sock_path: Path) -> None:

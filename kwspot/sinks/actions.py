@@ -141,8 +141,8 @@ class ActionsSink:
             self._running.add(proc)
             self.started += 1
         try:
-            if self._talk(action, event, proc):
-                self.log.warning("action %s: killed after %g s (timeout_s)", action.label, self.timeout_s)
+            if killed := self._talk(action, event, proc):
+                self.log.warning("action %s: %s", action.label, killed)
             elif proc.returncode and not self._closing:  # killed at close: close() says so, once for all
                 self.log.warning("action %s: %s", action.label, _ended(proc.returncode))
         finally:  # only now does it stop counting as running: its end is logged by then
@@ -150,8 +150,9 @@ class ActionsSink:
                 self._running.discard(proc)
                 self._cond.notify_all()
 
-    def _talk(self, action: Action, event: Event, proc: subprocess.Popen) -> bool:
-        """Event JSON in; output to the log until EOF, the timeout or close; then the end. True: killed for time."""
+    def _talk(self, action: Action, event: Event, proc: subprocess.Popen) -> str | None:
+        """Event JSON in; output to the log until EOF, the timeout or close; then the end. Says why it (or what
+        it left behind) was killed at the timeout, or None."""
         deadline = time.monotonic() + self.timeout_s
         try:
             proc.stdin.write((event.to_json() + "\n").encode())  # JSON: ASCII
@@ -167,11 +168,12 @@ class ActionsSink:
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             proc.wait()
-            return True
+            return f"killed after {self.timeout_s:g} s (timeout_s)"
         if not at_eof and not self._closing:  # the command ended, but a child of its group still held the output
             _kill_group(proc)  # at the deadline: the command's children go with it, as documented
-            return True
-        return False
+            return (f"{_ended(proc.returncode)}, but its children still held its output after {self.timeout_s:g} s "
+                    "(timeout_s): killed")
+        return None
 
     def _read(self, action: Action, proc: subprocess.Popen, deadline: float) -> bool:
         """The output in blocks, logged line by line, until EOF (True), ``deadline`` or close(): memory stays

@@ -257,7 +257,8 @@ class MqttSink:
             self._connected, self._failures = True, 0
             self._connected_at = time.monotonic()
             self._cond.notify_all()
-        level = logging.DEBUG if self._flaps > 1 else logging.INFO  # the first reconnect of a flapping run is told
+        told = self._flaps <= 1 or self._flaps % FLAP_REPORT_EVERY == 0  # each loss told is followed by this
+        level = logging.INFO if told else logging.DEBUG
         self.log.log(level, "mqtt: connected to %s%s", self.where, " again" if self._was_connected else "")
         self._was_connected = True
 

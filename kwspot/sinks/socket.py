@@ -257,9 +257,9 @@ class SocketSink:
             raise KwspotError(f"{path}: cannot check the existing file: {e.strerror}") from None
         if not stat.S_ISSOCK(st.st_mode):
             raise KwspotError(f"{path}: exists and is not a socket; refusing to replace it")
-        if (st.st_dev, st.st_ino) in _BOUND_HERE:  # this daemon's own, being replaced by a reload
-            _unlink_quietly(self._abspath)
-            return
+        if (st.st_dev, st.st_ino) in _BOUND_HERE:  # this daemon's own: taking it over could lose it (see above)
+            raise KwspotError(f"{path}: this kwspot already serves events there; a new socket_mode or "
+                              "client_buffer_kb on the same path takes effect at a restart")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)
         try:
@@ -504,8 +504,9 @@ class SocketSink:
         )
 
 
-# Socket files this process bound and still listens on: a reload that keeps the path (a new socket_mode, the
-# same path spelled otherwise) replaces its own socket instead of taking it for another program's.
+# Socket files this process bound and still listens on. A reload that keeps the path but changes its settings
+# is refused with that reason (not "another program"): replacing the socket before the whole reload succeeds
+# would leave the running sink without its path if another sink then failed.
 _BOUND_HERE: set[tuple[int, int]] = set()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import tempfile
@@ -19,11 +20,22 @@ from kwspot.errors import KwspotError
 from kwspot.frontend import WINDOW_SAMPLES, load_audio
 from kwspot.paths import NAME_MAX, checked, not_a_file, shown
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
-from kwspot.train.data import Dataset, clip_windows, load_long, phrase_files, scan, speech_files, writable_cache
+from kwspot.train.data import (
+    NOISE_DIR,
+    Dataset,
+    clip_windows,
+    load_long,
+    phrase_files,
+    scan,
+    speech_files,
+    writable_cache,
+)
 from kwspot.train.espeak import ALL_VOICES, VOICES, training_voices
 from kwspot.train.export import stem_file
 from kwspot.train.loop import LoopSettings
 from kwspot.train.models import check_width
+
+log = logging.getLogger("kwspot")
 
 SNR_RANGE = NumberRange(-30.0, 60.0)  # --snr-db: the dB range background noise is mixed at
 
@@ -128,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
                           "name some in validation_list.txt)")
     if data.untrained_keywords():
         raise KwspotError(f"{args.data}: no training clips for keyword(s) {', '.join(data.untrained_keywords())}")
+    if args.babble and not args.negatives:
+        raise KwspotError("--babble mixes speech under the words: it needs --negatives DIR (continuous speech)")
     for folder in args.negatives:
         speech_files(folder)
     for folder in args.phrases:
@@ -151,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
                             label_smoothing=args.label_smoothing, mixup=args.mixup, worst_of=args.worst_of)
     console.print(f"[bold]{args.data}[/]: " + ", ".join(f"{s} {len(data.clips[s])}" for s in data.clips))
     train_src = _sources(data, "train", args, console)
+    if args.noise_prob and not any(len(n) >= WINDOW_SAMPLES for n in train_src.noise):
+        log.warning("%s: no background noise of 1 s or more in %s/: training without noise, whatever "
+                    "--noise-prob says", shown(args.data), NOISE_DIR)
     extra, extra_labels = [], []
     if args.espeak_negatives:
         from kwspot.train.espeak import espeak_clips
@@ -177,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
                             np.concatenate(extra), np.concatenate(extra_labels), train_src.words, train_src.phrases,
                             n_hard)
     val_src = _sources(data, "validation", args, console)
+    clip_windows([c.path for c in data.clips["testing"]], args.cache)  # a bad testing clip fails now, not after
     val = fixed_set(val_src, AugmentSettings(noise_prob=0.5, snr_db=(5.0, 20.0), gain_db=(-6.0, 6.0),
                                              fragments=aug.fragments), seed=1234)
     console.print(f"validation set: {len(val[1])} windows; speech files {len(train_src.speech)} train, "

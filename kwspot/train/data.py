@@ -16,6 +16,7 @@ import re
 import signal
 import tempfile
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 from kwspot import KEYWORDS, SILENCE, UNKNOWN
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, fit_window, load_audio
-from kwspot.paths import checked, shown
+from kwspot.paths import checked, not_a_file, shown
 
 log = logging.getLogger("kwspot")
 
@@ -50,7 +51,8 @@ def which_set(name: str, validation_pct: float = 10.0, testing_pct: float = 10.0
 
 def audio_files(folder: Path) -> list[Path]:
     """WAV and FLAC files directly under ``folder``, sorted."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("."))  # ._x.wav
 
 
 def speech_files(folder: str | Path, split: str | None = None) -> list[Path]:
@@ -123,7 +125,8 @@ MAX_LIST_BYTES = 64 << 20  # a clip list (Speech Commands' full validation list:
 
 
 def _read_list(root: Path, name: str | Path) -> set[str]:
-    path = Path(name) if Path(name).is_absolute() else root / name
+    """The clip keys a list names: ``name`` in the data folder, else as given (from the current folder)."""
+    path = root / name if (root / name).is_file() else Path(name)
     if not path.is_file():
         return set()
     try:
@@ -131,13 +134,18 @@ def _read_list(root: Path, name: str | Path) -> set[str]:
             raw = fh.read(MAX_LIST_BYTES + 1)
         if len(raw) > MAX_LIST_BYTES:
             raise KwspotError(f"{shown(path)}: over {MAX_LIST_BYTES >> 20} MiB: not a list of clips")
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is no part of the first path
     except OSError as exc:
         raise KwspotError(f"{shown(path)}: unreadable list ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise KwspotError(f"{shown(path)}: not UTF-8 text (line {line})") from None
-    return {Path(line.strip()).with_suffix("").as_posix() for line in text.splitlines() if line.strip()}
+    return {_clip_key(line.strip().replace("\\", "/")) for line in text.splitlines() if line.strip()}
+
+
+def _clip_key(relative: str) -> str:
+    """"word/file" without the suffix, in Unicode's composed form (a folder copied from macOS is decomposed)."""
+    return unicodedata.normalize("NFC", Path(relative).with_suffix("").as_posix())
 
 
 def labels_for(keywords: tuple[str, ...]) -> tuple[str, ...]:
@@ -156,7 +164,7 @@ def scan(root: str | Path, testing_list: str | Path = "testing_list.txt",
 
     Folders named in ``keywords`` are keywords; every other word folder is ``_unknown_``.
     """
-    keywords = tuple(keywords)
+    keywords = tuple(unicodedata.normalize("NFC", k) for k in keywords)
     root = Path(root)
     if not root.is_dir():
         raise KwspotError(f"{root}: no such data folder")
@@ -165,19 +173,25 @@ def scan(root: str | Path, testing_list: str | Path = "testing_list.txt",
     if Path(testing_list).name != "testing_list.txt" and not testing:
         raise KwspotError(f"{testing_list}: list missing or empty")
     data = Dataset(root, {split: [] for split in SPLITS}, keywords=keywords)
+    found: set[str] = set()
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if folder.name == NOISE_DIR:
             data.noise_files = audio_files(folder)
             continue
         if folder.name.startswith(".") or (folder.name.startswith("_") and folder.name != SILENCE):
             continue
+        word = unicodedata.normalize("NFC", folder.name)
         for path in audio_files(folder):
-            key = f"{folder.name}/{path.stem}"
+            key = _clip_key(f"{word}/{path.name}")
+            found.add(key)
             if folder.name == SILENCE:
                 split = which_set(path.name)
             else:
                 split = "validation" if key in validation else "testing" if key in testing else "train"
-            data.clips[split].append(Clip(path, folder.name, label_of(folder.name, keywords)))
+            data.clips[split].append(Clip(path, word, label_of(word, keywords)))
+    if unmatched := sorted((validation | testing) - found):  # a clip listed for evaluation must not train unsaid
+        log.warning("%s: %d listed clips are not under it (e.g. %s): scored nowhere", shown(root), len(unmatched),
+                    shown(unmatched[0])[:80])
     if not any(data.clips.values()):
         raise KwspotError(f"{root}: no WAV or FLAC clips in word folders (Speech Commands layout expected)")
     if len(data.missing_keywords()) == len(keywords):
@@ -230,8 +244,8 @@ def clip_windows(paths: list[Path], cache: Path | None = None, progress: bool = 
         return np.zeros((0, WINDOW_SAMPLES), np.int16)
     folder = cache or cache_dir()
     target = folder / f"clips-{_key(paths)}.npy"
-    if target.is_dir():
-        raise KwspotError(f"{shown(target)}: a folder where the clip cache goes; remove it")
+    if os.path.lexists(target) and not target.is_file() and not target.is_symlink():  # np.load on a FIFO waits
+        raise KwspotError(f"{shown(target)}: {not_a_file(target, 'cache')}, where the clip cache goes; remove it")
     if os.path.lexists(target):
         try:
             windows = np.load(target, mmap_mode="r")
@@ -240,7 +254,10 @@ def clip_windows(paths: list[Path], cache: Path | None = None, progress: bool = 
         except (OSError, ValueError, EOFError):  # cut short, or not a cache file: made again below
             pass
         log.warning("%s: damaged clip cache, made again", shown(target))
-        target.unlink()
+        try:
+            target.unlink()
+        except OSError as exc:
+            raise KwspotError(f"{shown(target)}: damaged clip cache, cannot remove it ({exc.strerror})") from None
     folder.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
     with removed_unless_renamed(tmp):

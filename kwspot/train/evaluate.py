@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
             report.plot_det(rows, args.plot)
         return 0
     if not data.clips[split]:
-        raise KwspotError(f"{args.list}: lists no clips found under {args.data}")
+        there = (args.data / args.list).is_file() or Path(args.list).is_file()
+        raise KwspotError(f"{args.list}: lists no clips found under {args.data}" if there else
+                          f"{args.list}: no such clip list (in {args.data} or here)")
     result = clip_report(model, data, split, args.cache)
     if args.json:
         print(json_text(result, indent=2))

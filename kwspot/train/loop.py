@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +52,29 @@ def train(
     tf.config.experimental.enable_op_determinism()
     loss = "categorical_crossentropy" if soft_targets(loop, teachers) else "sparse_categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.Adam(loop.lr), loss=loss)
-    rng = np.random.default_rng(loop.seed)
+    started = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = log_path.with_name(log_path.name + ".partial")  # the previous run's log stays until this one ends
+    try:
+        best, best_weights, epoch = _run_epochs(model, src, val, aug, loop, partial, console, teachers, started)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, log_path)
+    model.set_weights(best_weights)
+    best["epochs_run"] = epoch - 1 if best.get("interrupted") else epoch
+    best["minutes"] = round((time.monotonic() - started) / 60, 1)
+    return best
+
+
+def _run_epochs(model: Any, src: Sources, val: tuple[np.ndarray, np.ndarray], aug: AugmentSettings, loop: LoopSettings,
+                log_path: Path, console: Console, teachers: Teachers | None,
+                started: float) -> tuple[dict[str, Any], list[np.ndarray], int]:
+    """The epochs, each logged to ``log_path`` (CSV); (best epoch's figures, its weights, the last epoch)."""
     best: dict[str, Any] = {"val_accuracy": -1.0, "epoch": 0}
     best_weights = model.get_weights()
     stale = 0
-    started = time.monotonic()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(loop.seed)
     with log_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"])
@@ -93,10 +111,7 @@ def train(
             if loop.max_minutes and time.monotonic() - started > loop.max_minutes * 60:
                 console.print(f"stopping: time limit of {loop.max_minutes:g} minutes reached")
                 break
-    model.set_weights(best_weights)
-    best["epochs_run"] = epoch - 1 if best.get("interrupted") else epoch
-    best["minutes"] = round((time.monotonic() - started) / 60, 1)
-    return best
+    return best, best_weights, epoch
 
 
 def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, rng: np.random.Generator,

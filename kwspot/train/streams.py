@@ -161,8 +161,10 @@ def split_streams(data: Dataset, split: str, spec: StreamSpec, rng: np.random.Ge
     items = [(to_float(windows[i]), clips[i].label) for i in order + extra]
     noise = load_long(data.noise_files, "eval")
     if spec.snrs is not None and not any(part.any() for part in noise):  # else the stream would be clean, unsaid
-        raise KwspotError(f"{data.root}: no background noise to mix at the SNRs asked for (_background_noise_/ "
-                          "missing, empty or silent); measure clean streams (--snr clean) or add noise recordings")
+        snrs = "/".join(f"{x:g}" for x in spec.snrs)
+        raise KwspotError(f"{data.root}: no background noise to mix the words at {snrs} dB SNR "
+                          "(_background_noise_/ missing, or its recordings silent or shorter than the evaluation "
+                          "part); measure clean streams (--snr clean) or add noise recordings")
     words = build_stream(items, noise, rng, spec.snrs)
     speech_parts: list[np.ndarray] = []
     for folder in spec.speech:

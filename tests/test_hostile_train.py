@@ -494,3 +494,51 @@ def test_hard_negatives_that_are_a_fifo_are_refused(data: Path, tmp_path: Path, 
                            "yes,no", "--hard-negatives", str(fifo), "--cache", str(tmp_path / "cache"))
     assert code == 2
     _one_line(err, f"{fifo}: not a regular file")
+
+
+def test_a_clip_list_from_windows_is_read_and_an_unmatched_line_is_told(data: Path, caplog):
+    from kwspot.train.data import scan
+
+    (data / "validation_list.txt").write_bytes(
+        "\ufeffyes\\spk0_nohash_0.wav\r\nno/spk0_nohash_0.wav\r\nother/spk0_nohash_0.wav\r\nyes/gone.wav\r\n"
+        .encode())
+    (data / "yes" / "._spk0_nohash_0.wav").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    with caplog.at_level("WARNING"):
+        found = scan(data, keywords=("yes", "no"))
+    assert sorted(c.path.name for c in found.clips["validation"]) == ["spk0_nohash_0.wav"] * 3
+    assert not any(c.path.name.startswith("._") for split in found.clips.values() for c in split)
+    assert "1 listed clips are not under it (e.g. yes/gone): scored nowhere" in caplog.text
+
+
+def test_a_clip_list_is_found_in_the_current_folder_too(data: Path, tmp_path: Path, capsys, monkeypatch):
+    (tmp_path / "mine.txt").write_text("yes/spk2_nohash_0.wav\nno/spk2_nohash_0.wav\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _kwspot(capsys, "evaluate", "--data", str(data), "--list", "mine.txt", "--json",
+                             "--cache", str(tmp_path / "cache"))
+    assert code == 0 and json.loads(out)["n"] == 2, err
+
+
+def test_babble_without_speech_to_mix_is_refused(data: Path, tmp_path: Path, capsys, no_tensorflow):
+    code, _, err = _kwspot(capsys, "train", "--data", str(data), "--out", str(tmp_path / "o" / "m"), "--keywords",
+                           "yes,no", "--babble", "0.3", "--cache", str(tmp_path / "cache"))
+    assert code == 2
+    _one_line(err, "--babble mixes speech under the words: it needs --negatives DIR")
+
+
+@pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
+def test_an_interrupted_training_keeps_the_previous_epoch_log(data: Path, tmp_path: Path, capsys, monkeypatch):
+    from kwspot.train import loop
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m.csv").write_text("the previous run's log\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_epoch", interrupted)
+    code, _, err = _kwspot(capsys, "train", "--data", str(data), "--out", str(out / "m"), "--keywords", "yes,no",
+                           "--epochs", "1", "--arch", "workshop", "--cache", str(tmp_path / "cache"))
+    assert code == 130, err
+    assert sorted(p.name for p in out.iterdir()) == ["m.csv"]
+    assert (out / "m.csv").read_text() == "the previous run's log\n"

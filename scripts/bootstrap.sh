@@ -38,7 +38,11 @@ else
   echo "no apt-get: install PortAudio (libportaudio2), libpulse (libpulse0) and python3-venv yourself" >&2
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# A .venv left half-made (python3-venv was missing: no pip in it) is made again, not used as it is.
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  rm -rf .venv
+  python3 -m venv .venv
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$dev" = 1 ]; then
   .venv/bin/python -m pip install -q -e '.[train,test,zeroconf,verifier]'

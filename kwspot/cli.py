@@ -13,6 +13,7 @@ from typing import Any
 from kwspot import MAX_RATE, MIN_RATE, __version__, interrupt, stdio
 from kwspot.argtypes import Number, command_line
 from kwspot.errors import KwspotError
+from kwspot.paths import printable
 
 log = logging.getLogger("kwspot")
 
@@ -68,7 +69,7 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         where = self.prog.removeprefix("kwspot").strip()
         text = f"{where + ': ' if where else ''}{message} (see {self.prog} --help)"
-        self.exit(2, f"kwspot: error: {' '.join(text.split())}\n")
+        self.exit(2, f"kwspot: error: {printable(' '.join(text.split()))}\n")
 
 
 def run_listen(args: argparse.Namespace) -> int:

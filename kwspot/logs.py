@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from kwspot.paths import printable
+
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is now (rich's live display swaps it)."""
@@ -13,6 +15,11 @@ class _StderrHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
         super().emit(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record in one line: a control character in a message (a file name, a peer's text) as its escape."""
+        return super().format(logging.makeLogRecord({**record.__dict__, "msg": printable(record.getMessage()),
+                                                     "args": None}))
 
 
 def under_systemd() -> bool:

@@ -21,7 +21,11 @@ PATH_MAX = 4095  # bytes in a whole path
 def shown(path: str | os.PathLike[str]) -> str:
     """The path as text that always prints: undecodable bytes and control characters (a newline, a terminal's
     escape sequence) become escapes."""
-    text = os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return printable(os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable (a newline, a terminal's ESC) as its escape."""
     return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 

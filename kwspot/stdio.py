@@ -6,6 +6,8 @@ import io
 import os
 import sys
 
+from kwspot.paths import printable
+
 
 class StdoutFailed(OSError):
     """Writing to stdout failed (a full disk, an I/O error): the results are lost, and no other file is to blame."""
@@ -63,8 +65,9 @@ def silence_stdout() -> None:
 
 
 def say(line: str) -> None:
-    """A line on stderr, if stderr can take it (on a full disk the exit status still tells)."""
+    """One line on stderr, its control characters escaped (a file name holding a newline or an escape sequence
+    cannot forge a second line or drive the terminal), if stderr can take it (a full disk: the exit status tells)."""
     try:
-        print(line, file=sys.stderr, flush=True)
+        print(printable(line), file=sys.stderr, flush=True)
     except OSError:
         pass

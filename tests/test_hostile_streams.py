@@ -342,3 +342,12 @@ def test_labels_may_be_any_language_but_carry_no_control_characters():
 def test_values_that_merely_end_in_an_equals_sign_are_not_empty(argv):
     result = run(*argv)
     assert "empty" not in text(result.stderr), result.stderr
+
+
+def test_a_name_with_a_newline_cannot_forge_a_second_error_or_log_line(tmp_path):
+    forged = "x\nkwspot: error: forged \x1b[31m"
+    line = assert_exit_2(run("evaluate", "--data", str(tmp_path / forged)))
+    assert "\\nkwspot: error: forged \\x1b[31m" in line, line
+    wav = tone(tmp_path / "in.wav")
+    result = run("listen", "--input", str(wav), "--fast", "--format", "jsonl", "--config", str(tmp_path / forged))
+    assert len(text(result.stderr).strip().splitlines()) == 1 and "\x1b" not in text(result.stderr)

@@ -84,3 +84,15 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cannot_write_in(folder: Path) -> str | None:
+    """Why no file can be made in ``folder`` (missing, not a folder, read-only, full), or None if one can.
+
+    Tried for real: ``os.access`` says yes to root, also where nothing can be made (``/proc``, a read-only mount).
+    """
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)

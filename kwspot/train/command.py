@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from kwspot import KEYWORDS, UNKNOWN, modelfile
 from kwspot.argtypes import Number, NumberRange
 from kwspot.errors import KwspotError
 from kwspot.frontend import WINDOW_SAMPLES, load_audio
-from kwspot.paths import NAME_MAX, checked, not_a_file, shown
+from kwspot.paths import NAME_MAX, cannot_write_in, checked, not_a_file, shown
 from kwspot.train.augment import AugmentSettings, Sources, epoch_plan, fixed_set, make_batch
 from kwspot.train.data import (
     NOISE_DIR,
@@ -258,11 +257,8 @@ def _check_out(out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise KwspotError(f"{shown(out.parent)}: cannot make the output folder ({exc.strerror or exc})") from None
-    try:
-        with tempfile.TemporaryFile(dir=out.parent):  # os.access says yes to root, also where nothing is made
-            pass
-    except OSError as exc:
-        raise KwspotError(f"{shown(out.parent)}: output folder not writable ({exc.strerror or exc})") from None
+    if why := cannot_write_in(out.parent):
+        raise KwspotError(f"{shown(out.parent)}: output folder not writable ({why})")
     for suffix in OUTPUTS:
         target = stem_file(out, suffix)
         if os.path.lexists(target) and not target.is_file():  # found now, not after an hour of training

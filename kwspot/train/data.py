@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import tempfile
 import threading
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ import numpy as np
 from kwspot import KEYWORDS, SILENCE, UNKNOWN
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, fit_window, load_audio
-from kwspot.paths import checked, not_a_file, shown
+from kwspot.paths import cannot_write_in, checked, not_a_file, shown
 
 log = logging.getLogger("kwspot")
 
@@ -222,11 +221,12 @@ def writable_cache(cache: Path | None = None) -> Path:
     folder = checked(cache or cache_dir(), "cache folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+    except FileExistsError:
+        raise KwspotError(f"{shown(folder)}: cache folder not writable (not a folder)") from None
     except OSError as exc:
-        reason = "not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
-        raise KwspotError(f"{shown(folder)}: cache folder not writable ({reason})") from None
+        raise KwspotError(f"{shown(folder)}: cache folder not writable ({exc.strerror or exc})") from None
+    if why := cannot_write_in(folder):
+        raise KwspotError(f"{shown(folder)}: cache folder not writable ({why})")
     return folder
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE
 from kwspot.model import Model, bundled_model_path
 from kwspot.modelfile import save_thresholds, sidecar_path
-from kwspot.paths import shown
+from kwspot.paths import cannot_write_in, shown
 from kwspot.pipeline import hop_levels
 from kwspot.predict import json_text
 from kwspot.train.data import NOISE_DIR, Dataset, clip_windows, scan, to_float, writable_cache
@@ -121,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
     model = Model(args.model or bundled_model_path())
     if not args.stream:
         need_clip_labels(model)
-    if args.save_thresholds and not os.access(model.path.parent, os.W_OK | os.X_OK):
-        raise KwspotError(f"{model.path.parent}: not writable, so --save-thresholds could not save (copy the model)")
+    if args.save_thresholds and (why := cannot_write_in(model.path.parent)):
+        raise KwspotError(f"{shown(model.path.parent)}: not writable ({why}), so --save-thresholds could not save "
+                          "(copy the model)")
     split = split_of_list(args.list, args.data)
     data = scan(args.data, args.list if split == "testing" else "testing_list.txt", keywords=model.keywords)
     if args.plot is not None:

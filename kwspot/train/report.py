@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kwspot.errors import KwspotError
-from kwspot.paths import not_a_file, shown
+from kwspot.paths import cannot_write_in, not_a_file, shown
 
 
 class ResultConsole(Console):
@@ -55,8 +54,8 @@ def check_plot(path: Path) -> None:
         raise KwspotError(f"--plot {shown(path)}: name a .png file")
     if path.is_dir() or (path.exists() and not path.is_file()):
         raise KwspotError(f"--plot {shown(path)}: {not_a_file(path, 'PNG')}")
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise KwspotError(f"--plot {shown(path)}: folder {shown(path.parent)} missing or not writable")
+    if why := cannot_write_in(path.parent):
+        raise KwspotError(f"--plot {shown(path)}: cannot write in {shown(path.parent)} ({why})")
 
 
 def _save(fig: Any, path: Path) -> None:

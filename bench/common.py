@@ -34,6 +34,7 @@ from kwspot import KEYWORDS, modelfile
 from kwspot.errors import KwspotError
 from kwspot.frontend import SAMPLE_RATE, load_audio
 from kwspot.model import bundled_model_path
+from kwspot.paths import printable
 from kwspot.train import streams as train_streams
 from kwspot.train.streams import Word
 
@@ -547,3 +548,19 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
     console.print(f"[dim]{machine()}[/dim]")
     for note in notes:
         console.print(f"[dim]note: {note}[/dim]")
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """A bench script's entry: what it is given wrong (a missing model or data folder, an output it cannot
+    write) is one line ``SCRIPT: error: ...`` and exit status 2, as kwspot's own commands do."""
+    script = Path(sys.argv[0]).name
+    try:
+        code = main()
+    except KwspotError as exc:
+        print(printable(f"{script}: error: {exc}"), file=sys.stderr)
+        code = 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(printable(f"{script}: error: {where}{exc.strerror or exc}"), file=sys.stderr)
+        code = 2
+    raise SystemExit(code or 0)

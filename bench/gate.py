@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from common import run_main
 from quality import add_material_arguments, concatenate, material, model_outputs, replay_scored
 
 from kwspot.argtypes import NumberList
@@ -66,4 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

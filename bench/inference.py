@@ -27,6 +27,7 @@ from common import (
     fmt,
     percentile,
     print_table,
+    run_main,
     sidecar,
 )
 from common import median as med
@@ -130,4 +131,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

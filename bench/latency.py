@@ -51,6 +51,7 @@ from common import (
     percentile,
     print_table,
     pulse_server,
+    run_main,
     write_wav,
 )
 
@@ -189,4 +190,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

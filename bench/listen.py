@@ -48,6 +48,7 @@ from common import (
     median,
     print_table,
     pulse_server,
+    run_main,
     write_wav,
 )
 
@@ -213,4 +214,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import run_main
 
 from kwspot import UNKNOWN, modelfile
 from kwspot.argtypes import Number, NumberList
@@ -400,4 +401,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import soxr
-from common import add_model_argument, build_stream, describe_model, fmt, print_table, to_pcm16
+from common import add_model_argument, build_stream, describe_model, fmt, print_table, run_main, to_pcm16
 
 from kwspot.argtypes import Number
 from kwspot.detector import Detector
@@ -114,4 +114,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -45,6 +45,7 @@ from common import (
     fmt,
     kwspot_cmd,
     print_table,
+    run_main,
     to_pcm16,
 )
 
@@ -183,4 +184,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

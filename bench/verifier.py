@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import SPEECH_COMMANDS, print_table
+from common import SPEECH_COMMANDS, print_table, run_main
 
 from kwspot import UNKNOWN
 from kwspot.argtypes import Number
@@ -194,4 +194,4 @@ def budget_rows(model: Model, streams: dict[str, Stream], probs: dict, levels: d
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

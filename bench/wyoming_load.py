@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import soxr
-from common import build_stream, cpu_seconds, daemon_env, fmt, percentile, print_table
+from common import build_stream, cpu_seconds, daemon_env, fmt, percentile, print_table, run_main
 
 from kwspot.argtypes import Number, NumberList
 from kwspot.frontend import SAMPLE_RATE
@@ -136,4 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -73,3 +73,12 @@ def test_a_bad_bench_value_ends_in_an_argparse_error_not_a_traceback(name, flag)
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr and f"error: argument {flag.split('=')[0]}" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("name", ["gate", "verifier", "reference", "quality"])
+def test_a_missing_model_is_one_line_not_a_traceback(name, tmp_path):
+    run = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), "--model", str(tmp_path / "none.tflite"),
+                          *REQUIRED.get(name, [])], capture_output=True, text=True, timeout=120, cwd=REPO)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert lines[0].endswith("none.tflite: no such model file"), lines

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import run_main
 
 from kwspot import UNKNOWN, modelfile
 from kwspot.argtypes import Number, NumberList
@@ -401,4 +400,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    raise SystemExit(main())

@@ -119,13 +119,15 @@ def count_nonfinite(audio: np.ndarray) -> int:
     return int(audio.size - np.count_nonzero(np.isfinite(audio)))
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a WAV/FLAC file as float32 mono at its own rate; refuse NaN or infinite samples."""
+def read_audio(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Read a WAV/FLAC file (its first ``max_seconds`` where given) as float32 mono at its own rate; refuse NaN or
+    infinite samples."""
     import soundfile
 
     with open_audio(path) as f:
         try:
-            audio = f.read(dtype="float32", always_2d=True)
+            frames = -1 if max_seconds is None else int(f.samplerate * max_seconds)
+            audio = f.read(frames, dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
             raise unreadable(path, exc) from None
         rate = int(f.samplerate)
@@ -136,9 +138,9 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return to_mono(audio), rate
 
 
-def load_audio(path: str | Path) -> np.ndarray:
-    """Read an audio file and return it as float32 mono at 8 kHz."""
-    audio, rate = read_audio(path)
+def load_audio(path: str | Path, max_seconds: float | None = None) -> np.ndarray:
+    """Read an audio file (its first ``max_seconds`` where given) and return it as float32 mono at 8 kHz."""
+    audio, rate = read_audio(path, max_seconds)
     return resample(audio, rate)
 
 

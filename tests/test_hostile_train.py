@@ -542,3 +542,14 @@ def test_an_interrupted_training_keeps_the_previous_epoch_log(data: Path, tmp_pa
     assert code == 130, err
     assert sorted(p.name for p in out.iterdir()) == ["m.csv"]
     assert (out / "m.csv").read_text() == "the previous run's log\n"
+
+
+def test_a_long_recording_is_read_only_up_to_the_bound(tmp_path: Path, monkeypatch, caplog):
+    import kwspot.train.data as data_module
+
+    path = tmp_path / "rain.wav"
+    soundfile.write(path, np.full(16000 * 5, 0.1, np.float32), 16000, subtype="PCM_16")  # 5 s
+    monkeypatch.setattr(data_module, "MAX_LONG_S", 2)
+    with caplog.at_level("INFO"):
+        (audio,) = data_module.load_long([path])
+    assert len(audio) == 2 * 8000 and "its first 2 s used" in caplog.text

@@ -320,11 +320,16 @@ def to_float(audio: np.ndarray) -> np.ndarray:
     return np.asarray(audio, dtype=np.float32) / 32767.0
 
 
+MAX_LONG_S = 1800  # of one long recording (noise, speech): a 3-hour file read whole took 2.4 GB while training
+
+
 def load_long(paths: list[Path], part: str = "all") -> list[np.ndarray]:
     """Long recordings (noise, speech) as float32 8 kHz; ``part`` is "train", "eval" or "all" of each."""
     out = []
     for path in paths:
-        audio = load_audio(path)
+        audio = load_audio(path, MAX_LONG_S)
+        if len(audio) >= MAX_LONG_S * SAMPLE_RATE:
+            log.info("%s: its first %d s used (memory stays bounded)", shown(path), MAX_LONG_S)
         cut = int(len(audio) * NOISE_TRAIN_FRACTION)
         if part == "train":
             audio = audio[:cut]

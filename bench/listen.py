@@ -181,6 +181,8 @@ def main() -> int:
                         help="the model the baseline runs (default: the same as the other rows; an older tree may "
                              "not read a newer model: `git archive REV models | tar -x -C DIR`, then DIR/models/...)")
     args = parser.parse_args()
+    if args.baseline and not (args.baseline / "kwspot" / "__init__.py").is_file():  # else "baseline" measures this tree
+        parser.error(f"--baseline {args.baseline}: no kwspot package in it (git archive REV kwspot | tar -x -C DIR)")
     args.notes = []
     if args.pin and shutil.which("taskset") is None:
         parser.error("--pin needs taskset (util-linux)")

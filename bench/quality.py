@@ -363,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         if not p.is_file():
             print(f"quality: error: {p}: no such model file", file=sys.stderr)
             return 2
+    for flag, folder in (("--speech", args.speech), ("--phrases", args.phrases)):
+        if folder != parser.get_default(flag[2:]) and not folder.is_dir():  # the default may be absent: rows left out
+            print(f"quality: error: {flag} {folder}: no such folder", file=sys.stderr)
+            return 2
     try:
         keywords = [modelfile.read(p).keywords for p in args.model]
         pauses = [float(x) for x in args.min_pause_ms.split(",")] if args.min_pause_ms else None

@@ -82,3 +82,14 @@ def test_a_missing_model_is_one_line_not_a_traceback(name, tmp_path):
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
     assert lines[0].endswith("none.tflite: no such model file"), lines
+
+
+@pytest.mark.parametrize("name, args, needle", [
+    ("quality", ["--model", "models/kwspot.tflite", "--speech", "/nonexistent"],
+     "--speech /nonexistent: no such folder"),
+    ("listen", ["--baseline", "/nonexistent"], "--baseline /nonexistent: no kwspot package in it"),
+])
+def test_a_folder_given_but_missing_is_refused_not_left_out(name, args, needle):
+    run = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), *args], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert run.returncode == 2 and needle in run.stderr and "Traceback" not in run.stderr, run.stderr

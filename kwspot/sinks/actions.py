@@ -202,13 +202,12 @@ class ActionsSink:
             self._cond.wait_for(lambda: not (self._running or self._waiting or self._starting), timeout=wait_s)
             self._closing = True
             left = list(self._running)
+            skipped = self._waiting  # each will see _closing and not run (counted now: a freed worker is quick)
         for proc in left:
             _kill_group(proc)
         if left:
             self.log.warning("%d action%s still running at exit killed", len(left), "" if len(left) == 1 else "s")
-        before = self.dropped
         self._pool.shutdown(wait=True)
-        skipped = self.dropped - before
         if skipped:
             self.log.warning("%d waiting action%s not run", skipped, "" if skipped == 1 else "s")
 

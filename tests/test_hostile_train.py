@@ -282,7 +282,8 @@ def test_stem_file_appends_the_suffix():
     assert stem_file(Path("out/base"), ".csv") == Path("out/base.csv")
 
 
-def test_export_keeps_a_dotted_stem_whole(tmp_path: Path, monkeypatch):
+def _export_without_tensorflow(monkeypatch) -> tuple[bytes, dict]:
+    """``export.export`` with the bundled model standing in for the converted network: (its bytes, its sidecar)."""
     from kwspot.train import export
 
     lite = bundled_model_path().read_bytes()
@@ -290,6 +291,13 @@ def test_export_keeps_a_dotted_stem_whole(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(export, "feature_network", lambda model: None)
     monkeypatch.setattr(export, "convert", lambda model, quantise: lite)
     monkeypatch.setattr(export, "litert_predict", lambda flatbuffer, x: np.eye(12, dtype=np.float32)[:2])
+    return lite, meta
+
+
+def test_export_keeps_a_dotted_stem_whole(tmp_path: Path, monkeypatch):
+    from kwspot.train import export
+
+    lite, meta = _export_without_tensorflow(monkeypatch)
     monkeypatch.setattr(export, "ms_per_window", lambda path: 0.5)
     (tmp_path / "base.tflite").write_bytes(b"the other model")
     export.export(object(), tmp_path / "base.v2", np.zeros((2, 8000), np.float32), np.arange(2), meta)
@@ -470,11 +478,7 @@ def test_an_output_that_is_not_a_file_is_refused_before_training(kind, data: Pat
 def test_a_model_write_that_fails_keeps_the_previous_model(tmp_path: Path, monkeypatch):
     from kwspot.train import export
 
-    lite = bundled_model_path().read_bytes()
-    meta = json.loads(bundled_model_path().with_suffix(".json").read_text())
-    monkeypatch.setattr(export, "feature_network", lambda model: None)
-    monkeypatch.setattr(export, "convert", lambda model, quantise: lite)
-    monkeypatch.setattr(export, "litert_predict", lambda flatbuffer, x: np.eye(12, dtype=np.float32)[:2])
+    _, meta = _export_without_tensorflow(monkeypatch)
     (tmp_path / "m.tflite").write_bytes(b"the previous model")
 
     def full(src: object, dst: object) -> None:

@@ -17,6 +17,7 @@ keywords are the model's, from its sidecar):
   the same file-name hash as training); the testing speakers of
   ``librispeech_negatives``; espeak-ng sentences without any command;
 - recall on espeak-ng voices (not the voices used in training) saying the commands;
+- the same two rows for flite's voice ``slt``, which training never uses (a second synthesiser);
 - commands over other talk: every testing-list command once over a bed of the testing speakers of
   ``librispeech_negatives`` at 10 dB SNR (a room with a conversation or a TV on);
 - LiteRT time per window (median, 1 thread) and multiply-accumulates (from the sidecar).
@@ -25,18 +26,15 @@ A model whose sidecar names a verifier (second stage) is measured with it, as th
 (``--verifier off`` measures the first stage alone); its events are checked on each stream's audio by
 :class:`kwspot.verifier.SignalVerifier`, and the table says how many checks it made.
 
-Numpy and LiteRT only (espeak-ng for the two synthetic rows, skipped without it).
+Numpy and LiteRT only (espeak-ng and flite for the synthetic rows, each skipped without its synthesiser).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,23 +46,24 @@ from kwspot import UNKNOWN, modelfile
 from kwspot.argtypes import Number, NumberList
 from kwspot.detector import DetectorSettings
 from kwspot.errors import KwspotError
-from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES, fit_window, load_audio
+from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
 from kwspot.model import Model
 from kwspot.pipeline import hop_levels, stream_probabilities
 from kwspot.train.data import (
     Dataset,
-    cache_dir,
     clip_windows,
     load_long,
     phrase_files,
     scan,
     speech_files,
     to_float,
-    to_int16,
 )
 from kwspot.train.evaluate import clip_report
+from kwspot.train.flite import BENCH_VOICES as FLITE_BENCH_VOICES
+from kwspot.train.flite import flite_takes
 from kwspot.train.scoring import replay, score
 from kwspot.train.streams import Stream, build_stream
+from kwspot.train.synth import Take, speak
 from kwspot.verifier import SignalVerifier, Verifier
 
 SNRS = ("20", "10", "5", "clean")
@@ -134,31 +133,18 @@ def concatenate(parts: list[np.ndarray], gap_s: float = 1.0) -> np.ndarray:
     return np.concatenate(pieces)
 
 
-def espeak_windows(texts: list[str], voices: tuple[str, ...], seed: int, per_voice: int = 1,
-                   fit: bool = True) -> list[np.ndarray] | None:
-    """``texts`` spoken by each voice (``per_voice`` random speeds/pitches each), cached; None without espeak-ng."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
+def synth_windows(engine: str, texts: list[str], voices: tuple[str, ...], seed: int, per_voice: int = 1,
+                  fit: bool = True) -> list[np.ndarray] | None:
+    """``texts`` spoken by each voice (``per_voice`` random speeds/pitches each), cached; None without the engine."""
+    if shutil.which(engine) is None:
         return None
-    rng = np.random.default_rng(seed)
-    jobs = [(t, v, int(rng.integers(120, 190)), int(rng.integers(30, 70)))
-            for t in texts for v in voices for _ in range(per_voice)]
-    target = cache_dir() / f"bench-espeak-{hashlib.sha1(repr((jobs, fit)).encode()).hexdigest()[:16]}.npz"
-    if target.is_file():
-        with np.load(target) as z:
-            return [z[k] for k in sorted(z.files, key=int)]
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "s.wav"
-        for text, voice, speed, pitch in jobs:
-            subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text],
-                           check=True, capture_output=True)
-            audio = load_audio(wav)
-            audio = audio / max(float(np.max(np.abs(audio))), 1e-6) * 0.5
-            out.append(to_int16(fit_window(audio) if fit else audio))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(target, **{str(i): a for i, a in enumerate(out)})
-    return out
+    if engine == "flite":
+        takes = flite_takes(texts, voices, per_voice, seed)
+    else:
+        rng = np.random.default_rng(seed)
+        takes = [Take(t, v, int(rng.integers(120, 190)), int(rng.integers(30, 70)))
+                 for t in texts for v in voices for _ in range(per_voice)]
+    return speak(engine, takes, fit=fit, needed_by="bench/quality.py")
 
 
 @dataclass
@@ -172,6 +158,8 @@ class Material:
     tts_sentences: Stream | None
     tts_commands: Stream | None
     talk: Stream | None = None  # the commands over other talk (10 dB SNR)
+    flite_sentences: Stream | None = None
+    flite_commands: Stream | None = None
 
 
 def material(data: Dataset, speech_dir: Path | None, phrases_dir: Path | None, seed: int,
@@ -191,25 +179,35 @@ def material(data: Dataset, speech_dir: Path | None, phrases_dir: Path | None, s
     other_words = build_stream([(to_float(windows[i]), UNKNOWN) for i in rng.permutation(other)], noise, rng)
     phrases = Stream(concatenate(load_long(phrase_files(phrases_dir, split)))) if phrases_dir else None
     speech = Stream(concatenate(load_long(speech_files(speech_dir, split)), 0.5)) if speech_dir else None
-    sentences = espeak_windows(list(SENTENCES), BENCH_VOICES, seed, fit=False)
-    tts_sentences = Stream(concatenate([to_float(s) for s in sentences], 0.7)) if sentences else None
-    spoken = espeak_windows(list(data.keywords), BENCH_VOICES, seed, per_voice=3)
-    tts_commands = None
-    if spoken:
-        labels = [k for k in data.keywords for _ in BENCH_VOICES for _ in range(3)]
-        rng = np.random.default_rng(seed + 20)
-        order = rng.permutation(len(spoken))
-        tts_commands = build_stream([(to_float(spoken[i]), labels[i]) for i in order], noise, rng, None)
+    tts_sentences, tts_commands = synthetic_streams("espeak-ng", BENCH_VOICES, data.keywords, noise, seed)
+    flite_sentences, flite_commands = synthetic_streams("flite", FLITE_BENCH_VOICES, data.keywords, noise, seed + 40,
+                                                        takes=6, sentence_takes=3)
     talk = None
     if speech_dir:
         rng = np.random.default_rng(seed + 30)
         items = [(to_float(windows[i]), clips[i].label) for i in rng.permutation(kw)]
         talk = build_stream(items, load_long(speech_files(speech_dir, split)), rng, (TALK_SNR_DB,))
-    return Material(commands, other_words, phrases, speech, tts_sentences, tts_commands, talk)
+    return Material(commands, other_words, phrases, speech, tts_sentences, tts_commands, talk, flite_sentences,
+                    flite_commands)
+
+
+def synthetic_streams(engine: str, voices: tuple[str, ...], keywords: tuple[str, ...], noise: list[np.ndarray],
+                      seed: int, takes: int = 3, sentence_takes: int = 1) -> tuple[Stream | None, Stream | None]:
+    """Sentences without commands, and the commands (``takes`` a voice) in a stream: held-out synthetic voices."""
+    sentences = synth_windows(engine, list(SENTENCES), voices, seed, per_voice=sentence_takes, fit=False)
+    spoken = synth_windows(engine, list(keywords), voices, seed, per_voice=takes)
+    if sentences is None or spoken is None:
+        return None, None
+    labels = [k for k in keywords for _ in voices for _ in range(takes)]
+    rng = np.random.default_rng(seed + 20)
+    order = rng.permutation(len(spoken))
+    commands = build_stream([(to_float(spoken[i]), labels[i]) for i in order], noise, rng, None)
+    return Stream(concatenate([to_float(x) for x in sentences], 0.7)), commands
 
 
 TALK_SNR_DB = 10.0
-STREAMS = ("other_words", "phrases", "speech", "tts_sentences", "tts_commands", "talk")
+STREAMS = ("other_words", "phrases", "speech", "tts_sentences", "tts_commands", "flite_sentences",
+           "flite_commands", "talk")
 
 
 def model_outputs(model: Model, mat: Material) -> dict[str, tuple[Stream, np.ndarray, np.ndarray, np.ndarray]]:
@@ -298,12 +296,15 @@ def rows(r: dict[str, Any]) -> list[Row]:
                        f"{hits} hits"))
     labels = {"other_words": f"other words of the {split} list, each once (20/10/5 dB)",
               "phrases": f"wake phrases, {split} share", "speech": f"continuous speech, {split} speakers",
-              "tts_sentences": "espeak-ng sentences without commands"}
+              "tts_sentences": "espeak-ng sentences without commands",
+              "flite_sentences": "flite sentences without commands (held-out voice)"}
     for key, name in labels.items():
         if key in r:
             out.append(fa_row(name, r[key]))
     if "tts_commands" in r:
         out.append(recall_row("espeak-ng voices saying the commands: recall / FA/h", r["tts_commands"]))
+    if "flite_commands" in r:
+        out.append(recall_row("flite voice saying the commands (held out): recall / FA/h", r["flite_commands"]))
     if "talk" in r:
         out.append(recall_row(f"commands over other talk ({split} speakers, {TALK_SNR_DB:g} dB SNR): recall / FA/h",
                               r["talk"]))
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in measured:
             results.append(r)
             print(markdown(r))
-            for key in ("other_words", "phrases", "speech", "tts_sentences"):
+            for key in ("other_words", "phrases", "speech", "tts_sentences", "flite_sentences"):
                 if key in r:
                     print(f"  false accepts on {key}: {top_false_accepts(r, key) or 'none'}")
             print(flush=True)

@@ -4,7 +4,7 @@
 #
 #   scripts/bootstrap.sh          what `kwspot listen` needs (PortAudio, kwspot)
 #   scripts/bootstrap.sh --dev    also what the tests need: TensorFlow (kwspot[train]),
-#                                 pytest, ruff, espeak-ng, PulseAudio, systemd-analyze,
+#                                 pytest, ruff, espeak-ng, flite, PulseAudio, systemd-analyze,
 #                                 mosquitto (the MQTT tests start their own broker)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ esac
 
 packages="python3-venv libportaudio2 libpulse0"
 if [ "$dev" = 1 ]; then
-  packages="$packages espeak-ng pulseaudio pulseaudio-utils sox systemd mosquitto mosquitto-clients"
+  packages="$packages espeak-ng flite pulseaudio pulseaudio-utils sox systemd mosquitto mosquitto-clients"
 fi
 
 if command -v apt-get >/dev/null 2>&1; then

@@ -93,3 +93,30 @@ def test_training_voices_are_distinct_voices_and_none_is_held_out_by_the_benchma
     assert len(sounds) == len(ALL_VOICES) + len(quality.BENCH_VOICES)
     held_out_accents = {v.split("+")[0] for v in quality.BENCH_VOICES} - {"en-us", "en-gb-scotland", "en-029"}
     assert not {v.split("+")[0] for v in ALL_VOICES} & held_out_accents
+
+
+def test_a_second_synthesiser_has_rows_of_its_own(quality):
+    y = np.array([LABELS.index("yes")])
+    probs = np.zeros((1, len(LABELS)), np.float32)
+    probs[0, LABELS.index("yes")] = 1.0
+    result = {"clips": metrics(probs, y, LABELS), "streams": {}, "ms_per_window": 0.1, "macs": None, "bytes": 1024,
+              "flite_commands": score(WORDS, EVENTS, seconds=1800.0, keywords=KEYWORDS),
+              "flite_sentences": score([], EVENTS[:1], seconds=3600.0, keywords=KEYWORDS)}
+    rows = {row.name.strip(): row for row in quality.rows(result)}
+    said = rows["flite voice saying the commands (held out): recall / FA/h"]
+    assert (said.value, said.counts) == ("50.0% / 6.0 FA/h", "1/2 hit, 3 FA in 0.50 h")
+    assert rows["flite sentences without commands (held-out voice)"].counts == "1 in 1.00 h"
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (apt-get install flite)")
+def test_the_flite_streams_hold_each_command_six_times_and_sentences_without_any(quality, tmp_path, monkeypatch):
+    from kwspot.train import flite
+
+    monkeypatch.setenv("KWSPOT_CACHE", str(tmp_path))
+    noise = [np.zeros(SAMPLE_RATE * 30, np.float32)]
+    monkeypatch.setattr(quality, "SENTENCES", ("the soup needs salt", "we watched a film"))
+    sentences, commands = quality.synthetic_streams("flite", flite.BENCH_VOICES, ("yes", "up"), noise, 0, takes=6,
+                                                    sentence_takes=3)
+    said = sorted(w.label for w in commands.words)
+    assert said == ["up"] * 6 + ["yes"] * 6
+    assert sentences.words == [] and sentences.seconds > 6 * 0.7

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,28 @@ def test_train_one_epoch_end_to_end(tiny_data: Path, tiny_negatives: Path, tmp_p
     assert meta["arch"] == "default" and meta["macs"]["total"] <= 11_000_000
     assert "testing" in meta["clip_metrics"]
     assert len(out.with_suffix(".csv").read_text().splitlines()) == 2
+
+
+@pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (apt-get install flite)")
+def test_train_with_flite_adds_its_voices_on_both_sides_of_the_labels(tiny_data: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch, capsys):
+    from kwspot.train import command, flite
+
+    monkeypatch.setenv("KWSPOT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(flite, "NEAR_MISSES", ("yet",))
+    monkeypatch.setattr(flite, "OTHER_WORDS", ("water",))
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    out = tmp_path / "models" / "tiny"
+    args = parser.parse_args(["--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--flite", "2",
+                              "--cache", str(tmp_path / "cache")])
+    assert command.run(args) == 0
+    voices = len(flite.VOICES)
+    assert f"flite: {2 * voices * flite.NEGATIVE_TAKES} negatives, {2 * voices * len(KEYWORDS)} positives" \
+        in capsys.readouterr().err
+    assert json.loads(out.with_suffix(".json").read_text())["training"]["flite"] == 2
+    assert "flite positives 2 a voice" in out.with_suffix(".md").read_text()
 
 
 def test_train_without_tensorflow_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch):

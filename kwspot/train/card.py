@@ -67,6 +67,7 @@ def write_card(path: Path, meta: dict[str, Any], metrics: dict[str, dict[str, An
         f"{'off' if t['no_fragments'] else 'on'}, SpecAugment {'on' if t.get('specaugment') else 'off'}, espeak-ng "
         f"negatives {'on' if t.get('espeak_negatives') else 'off'}, espeak-ng positives "
         f"{t.get('espeak_positives') or 0} a voice, {t.get('espeak_voices') or 6} espeak-ng voices, "
+        f"flite positives {t.get('flite') or 0} a voice, "
         f"phrases {', '.join(t.get('phrases') or []) or 'none'}, "
         f"other words balanced {'per word' if t.get('balance_words') else 'per clip'}, channel augmentation "
         f"{t.get('channel_aug') or 0}, speech under the words {t.get('babble') or 0}, "

@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--espeak-voices", type=Number(1, len(ALL_VOICES), integer=True), default=len(VOICES),
                         metavar="N", help=f"how many espeak-ng voices speak them (default {len(VOICES)}, "
                                           f"at most {len(ALL_VOICES)})")
+    parser.add_argument("--flite", type=Number(0, 100000, integer=True), default=0, metavar="N",
+                        help="a second synthesiser: flite's voices say the other words of --espeak-negatives "
+                             "(twice a voice) as _unknown_ and the keywords, N per voice, as positives")
     parser.add_argument("--phrases", action="append", type=Path, default=[], metavar="DIR",
                         help="folder of folders of short recordings of other speech (e.g. wake_phrases); the "
                              "training share (file-name hash) becomes _unknown_")
@@ -182,6 +185,15 @@ def run(args: argparse.Namespace) -> int:
         extra.append(windows)
         extra_labels.append(np.array([data.labels.index(w) for w in words]))
         console.print(f"espeak-ng positives: {len(windows)} clips")
+    if args.flite:
+        from kwspot.train.flite import flite_clips, flite_commands
+
+        extra.append(flite_clips(seed=args.seed))
+        extra_labels.append(np.full(len(extra[-1]), data.labels.index(UNKNOWN)))
+        windows, words = flite_commands(data.keywords, args.flite, seed=args.seed)
+        extra.append(windows)
+        extra_labels.append(np.array([data.labels.index(w) for w in words]))
+        console.print(f"flite: {len(extra[-2])} negatives, {len(windows)} positives")
     n_hard = 0
     for path in args.hard_negatives:
         extra.append(_load_windows(path))

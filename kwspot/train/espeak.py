@@ -3,23 +3,17 @@
 Many are near misses of the keywords (``yet``, ``know``, ``cup``, ``town``,
 ``lift``, ``write``, ``own``, ``of``, ``top``, ``goal``): the words a
 spotter must learn to let pass. Each word is spoken by several voices at
-several speeds and pitches; the clips are cached on disk as int16.
+several speeds and pitches (:mod:`kwspot.train.synth` renders and caches them).
+The word lists serve every synthesiser (:mod:`kwspot.train.flite` too).
 """
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from kwspot.errors import KwspotError
-from kwspot.frontend import fit_window, load_audio
-from kwspot.train.data import cache_dir, to_int16
+from kwspot.train.synth import Take, speak
 
 NEAR_MISSES = (
     "yet yeah yell yep chess guess less mess says "
@@ -66,28 +60,11 @@ def training_voices(n: int = len(VOICES)) -> tuple[str, ...]:
 def espeak_clips(words: tuple[str, ...] | list[str] | None = None, seed: int = 0,
                  voices: Sequence[str] = VOICES) -> np.ndarray:
     """Int16 one-second windows of ``words`` (default: near misses and common words), several voices each."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise KwspotError("--espeak-negatives/--espeak-positives need espeak-ng on PATH (apt-get install espeak-ng)")
     words = list(words or (*NEAR_MISSES, *OTHER_WORDS))
     rng = np.random.default_rng(seed)
-    jobs = [(w, v, int(rng.integers(110, 200)), int(rng.integers(25, 75))) for w in words for v in voices]
-    key = hashlib.sha1(repr(jobs).encode()).hexdigest()[:16]
-    target = cache_dir() / f"espeak-{key}.npy"
-    if target.is_file():
-        return np.load(target)
-    out = np.zeros((len(jobs), 8000), np.int16)
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "w.wav"
-        for i, (word, voice, speed, pitch) in enumerate(jobs):
-            subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav),
-                            word.replace("-", " ")], check=True, capture_output=True)
-            audio = load_audio(wav)
-            peak = float(np.max(np.abs(audio))) or 1.0
-            out[i] = to_int16(fit_window(audio / peak * 0.5))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    np.save(target, out)
-    return out
+    takes = [Take(w.replace("-", " "), v, int(rng.integers(110, 200)), int(rng.integers(25, 75)))
+             for w in words for v in voices]
+    return np.stack(speak("espeak-ng", takes, needed_by="--espeak-negatives/--espeak-positives"))
 
 
 def espeak_commands(keywords: Sequence[str], per_voice: int = 4, seed: int = 0,

@@ -185,6 +185,7 @@ class WakeConnection(AsyncEventHandler):
         self.fired = False
         self.last_event = time.monotonic()
         self.warned_names = False
+        self.ended = "disconnected"  # how _serve ended: "disconnected" is the client's own clean end
 
     async def run(self) -> None:
         """Serve until the client leaves; whatever goes wrong closes this connection only."""
@@ -229,6 +230,7 @@ class WakeConnection(AsyncEventHandler):
             self.service.complain("client %d: bad request, %s", self.id, ascii(why)[1:-1][:200])
         finally:
             await close_writer(self.writer)
+        self.ended = why
         log.debug("client %d %s", self.id, why)
 
     async def write_event(self, event: WyomingEvent) -> None:
@@ -473,6 +475,8 @@ async def serve(service: WakeService, uri: str, zeroconf: str | None = None,
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         task.cancel()
+        if task.done() and not task.cancelled() and connection.ended != "disconnected":
+            raise KwspotError(f"stdio: the client's stream {connection.ended}")  # its only client: a failed run
         return
     if parsed.scheme == "unix":
         claim_unix_path(parsed.path)

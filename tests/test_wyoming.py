@@ -580,6 +580,23 @@ def test_stdio_on_a_regular_file_is_one_line(tmp_path, end):
     assert_one_line_error(result, "stdio://", "not files")
 
 
+@pytest.mark.parametrize("sent, ended", [('{"type": "audio-start", "data": {"rate": "x"}}\n', "closed: "),
+                                         ('{"type": "describe", "data_length": 99}\n{"x', "vanished")])
+def test_stdio_whose_client_sends_a_bad_or_cut_event_exits_non_zero_saying_so(sent, ended):
+    """Over stdio the server has one client: a stream it had to close is a failed run, not a clean end."""
+    result = subprocess.run(kwspot_cmd("wyoming", "--uri", "stdio://"), input=sent, timeout=60, text=True,
+                            capture_output=True, env={**os.environ, "KWSPOT_CONFIG": ""})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert f"stdio: the client's stream {ended}" in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_stdio_whose_client_ends_its_input_cleanly_exits_0():
+    result = subprocess.run(kwspot_cmd("wyoming", "--uri", "stdio://"), input='{"type": "describe"}\n', timeout=60,
+                            text=True, capture_output=True, env={**os.environ, "KWSPOT_CONFIG": ""})
+    assert result.returncode == 0, result.stderr
+    assert '"type": "info"' in result.stdout
+
+
 def test_stdio_on_dev_null_is_one_line():
     with open(os.devnull, "rb") as null:
         result = subprocess.run(kwspot_cmd("wyoming", "--uri", "stdio://"), timeout=60, text=True, stdin=null,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,8 @@ class _Loader(yaml.SafeLoader):
     given twice in one mapping is an error (YAML forbids it; PyYAML would keep the
     last silently); plain keys that YAML 1.1 would read as booleans or null (``on:``,
     ``no:``, ``off:``, ``yes:``) stay the words they are, so every keyword can be
-    named unquoted.
+    named unquoted; a number in exponent form without a dot (``5e-1``, ``1e3``) is
+    a number, as in YAML 1.2, not the string YAML 1.1 makes of it.
     """
 
     _depth = 0
@@ -185,6 +187,10 @@ class _Loader(yaml.SafeLoader):
                         None, None, f"key {key_node.value[:40]!r} given twice", key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 def parse_yaml(data: bytes, path: Path) -> Any:

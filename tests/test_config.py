@@ -99,6 +99,17 @@ def test_keywords_that_yaml_11_reads_as_booleans_work_unquoted(tmp_path):
     assert settings["sinks"]["jsonl"] is True  # values keep their YAML meaning
 
 
+def test_numbers_in_exponent_form_without_a_dot_are_numbers_as_in_yaml_12(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("detector:\n  threshold: 5e-1\n  thresholds: {go: 9E-1, stop: +7.5e-1}\n")
+    settings, _ = load_config(str(path))
+    assert settings["detector"]["threshold"] == 0.5
+    assert settings["detector"]["thresholds"] == {"go": 0.9, "stop": 0.75}
+    path.write_text("detector:\n  threshold: 5e-1x\n")  # not a number: still refused by name
+    with pytest.raises(KwspotError, match=r"detector.threshold must be a number, not '5e-1x'"):
+        load_config(str(path))
+
+
 def test_per_keyword_thresholds_are_checked_against_the_model_by_name():
     from kwspot.listen import detector_settings
     from kwspot.model import Model, bundled_model_path

@@ -422,6 +422,24 @@ def test_a_bad_output_stem_fails_before_any_work(out, needle, tmp_path, capsys, 
     assert err.count("\n") == 1 and needle in err, err
 
 
+def test_a_second_training_into_the_same_model_is_refused_while_the_first_runs(tmp_path, capsys, monkeypatch):
+    from kwspot.cli import main
+    from kwspot.train.command import _claim
+
+    monkeypatch.setenv("KWSPOT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    out = tmp_path / "models" / "mine"
+    args = ["train", "--data", str(tmp_path / "not-even-scanned"), "--out"]
+    with _claim(out, tmp_path / "cache"):  # as a running training holds it
+        assert main([*args, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "mine: another kwspot train is writing this model now" in err, err
+        assert main([*args, str(tmp_path / "models" / "other")]) == 2  # another model: on to the data, not there
+        assert "not-even-scanned" in capsys.readouterr().err
+    assert main([*args, str(out)]) == 2  # the first one ended: the lock is gone with it
+    assert "not-even-scanned" in capsys.readouterr().err
+
+
 def test_a_width_for_the_workshop_architecture_is_one_line_before_any_work(tmp_path, capsys):
     from kwspot.cli import main
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import logging
 import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from rich.console import Console
@@ -124,14 +126,35 @@ def keyword_list(text: str) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kwspot.train import require_tensorflow
 
     _check_out(args.out)  # bad input fails fast, before TensorFlow loads and long before the model is written
     try:
         check_width(args.arch, args.width)
     except ValueError as exc:
         raise KwspotError(f"--width: {exc}") from None
-    writable_cache(args.cache)
+    with _claim(args.out, writable_cache(args.cache)):
+        return _train(args)
+
+
+def _claim(out: Path, cache: Path) -> IO[bytes]:
+    """An exclusive lock on the output stem while training runs: a second ``kwspot train`` into it is refused
+    (both would write the same four files, the epoch logs interleaved). The system drops it when the process ends."""
+    path = cache / f"train-{hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16]}.lock"
+    try:
+        lock = open(path, "wb")  # noqa: SIM115 - returned open: the caller holds it for the whole run
+    except OSError as exc:
+        raise KwspotError(f"{shown(path)}: cannot make the training lock ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise KwspotError(f"{shown(out)}: another kwspot train is writing this model now") from None
+    return lock
+
+
+def _train(args: argparse.Namespace) -> int:
+    from kwspot.train import require_tensorflow
+
     data = scan(args.data, keywords=args.keywords)
     if data.missing_keywords():
         raise KwspotError(f"{args.data}: no clips for keyword(s) {', '.join(data.missing_keywords())}")

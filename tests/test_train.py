@@ -361,6 +361,38 @@ class _LoudnessModel:
         return p
 
 
+class _Weights:
+    """A stand-in model: just weights to get and set."""
+
+    def __init__(self, *arrays: np.ndarray) -> None:
+        self.arrays = [np.array(a, np.float32) for a in arrays]
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [a.copy() for a in self.arrays]
+
+    def set_weights(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = [np.array(a, np.float32) for a in arrays]
+
+
+def test_the_weight_average_follows_the_weights_slowly_and_is_worn_only_inside_its_block():
+    from kwspot.train.loop import WeightAverage
+
+    model = _Weights([0.0, 0.0], [[1.0]])
+    average = WeightAverage(model, decay=0.9)
+    model.arrays = [np.array([10.0, 10.0], np.float32), np.array([[1.0]], np.float32)]
+    average.update(model)  # decay min(0.9, 2/11): the first steps follow quickly
+    assert average.weights[0] == pytest.approx([10.0 * (1 - 2 / 11)] * 2)
+    for _ in range(200):
+        average.update(model)
+    assert average.weights[0] == pytest.approx([10.0, 10.0], abs=1e-3) and average.weights[1][0, 0] == pytest.approx(1.0)
+    model.arrays[0] = np.array([20.0, 20.0], np.float32)
+    average.update(model)  # now at the full decay: a tenth of the way
+    assert average.weights[0] == pytest.approx([11.0, 11.0], abs=1e-3)
+    with average.applied(model):
+        assert model.arrays[0] == pytest.approx([11.0, 11.0], abs=1e-3)
+    assert model.arrays[0] == pytest.approx([20.0, 20.0])
+
+
 def test_worst_of_keeps_the_negative_draw_most_like_a_command_and_leaves_positives_alone():
     from kwspot.train.augment import SPEECH
     from kwspot.train.loop import worst_negatives
@@ -398,14 +430,16 @@ def test_train_distils_from_a_teacher_end_to_end(tiny_data: Path, tmp_path: Path
     out = tmp_path / "student"
     args = parser.parse_args(["--data", str(tiny_data), "--out", str(out), "--epochs", "1",
                               "--teacher", str(bundled_model_path()), "--distill-weight", "0.3",
-                              "--label-smoothing", "0.1", "--mixup", "0.2", "--worst-of", "3",
+                              "--label-smoothing", "0.1", "--mixup", "0.2", "--worst-of", "3", "--ema", "0.99",
                               "--cache", str(tmp_path / "cache")])
     assert command.run(args) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["training"]["teacher"] == [str(bundled_model_path())] and meta["training"]["distill_weight"] == 0.3
     training = meta["training"]
-    assert (training["label_smoothing"], training["mixup"], training["worst_of"]) == (0.1, 0.2, 3)
-    assert "distilled from" in out.with_suffix(".md").read_text()
+    settings = (training["label_smoothing"], training["mixup"], training["worst_of"], training["ema"])
+    assert settings == (0.1, 0.2, 3, 0.99)
+    card = out.with_suffix(".md").read_text()
+    assert "distilled from" in card and "weights averaged (decay 0.99)" in card
 
 
 @pytest.mark.parametrize("out,needle", [

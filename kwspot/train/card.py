@@ -73,6 +73,7 @@ def write_card(path: Path, meta: dict[str, Any], metrics: dict[str, dict[str, An
         f"{t.get('channel_aug') or 0}, speech under the words {t.get('babble') or 0}, "
         f"hard negatives {', '.join(t.get('hard_negatives') or []) or 'none'}, "
         + (f"distilled from {', '.join(t['teacher'])} (weight {t.get('distill_weight')}), " if t.get("teacher") else "")
+        + (f"weights averaged (decay {t['ema']}), " if t.get("ema") else "")
         + f"{t.get('minutes')} minutes.",
         "",
     ]

@@ -98,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixup", type=Number(0.0, 10.0), default=0.0, metavar="ALPHA",
                         help="mix each window with another of its batch, weight max(l, 1 - l) with l drawn from "
                              "Beta(ALPHA, ALPHA), and their targets alike (e.g. 0.2; default 0: off)")
+    parser.add_argument("--ema", type=Number(0.0, 0.99999), default=0.0, metavar="DECAY",
+                        help="validate and keep a moving average of the weights, updated every batch with this "
+                             "decay (e.g. 0.999; 0: the raw weights)")
     parser.add_argument("--worst-of", type=Number(1, 16, integer=True), default=1, metavar="K",
                         help="draw each negative window K times and train on the draw the model takes most for a "
                              "command, as a stream's worst window (default 1: off)")
@@ -187,7 +190,8 @@ def _train(args: argparse.Namespace) -> int:
                           speed_prob=args.speed)
     settings = LoopSettings(epochs=args.epochs, batch=args.batch or arch["batch"], lr=args.lr or arch["lr"],
                             patience=args.patience, seed=args.seed, max_minutes=args.max_minutes,
-                            label_smoothing=args.label_smoothing, mixup=args.mixup, worst_of=args.worst_of)
+                            label_smoothing=args.label_smoothing, mixup=args.mixup, worst_of=args.worst_of,
+                            ema=args.ema)
     console.print(f"[bold]{args.data}[/]: " + ", ".join(f"{s} {len(data.clips[s])}" for s in data.clips))
     train_src = _sources(data, "train", args, console)
     if args.noise_prob and not any(len(n) >= WINDOW_SAMPLES for n in train_src.noise):

@@ -6,6 +6,8 @@ import csv
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,38 @@ class LoopSettings:
     label_smoothing: float = 0.0  # share of each target spread evenly over all labels
     mixup: float = 0.0  # alpha of the Beta(alpha, alpha) mixing weights of mixup (0: off)
     worst_of: int = 1  # draws of each negative window, of which the one most like a command is trained on
+    ema: float = 0.0  # decay of the moving average of the weights that is validated and kept (0: the raw weights)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights, updated after every batch (``kwspot train --ema``).
+
+    The average is what each epoch validates and what training keeps; the optimiser goes on from the raw
+    weights. The decay grows from 0.1 towards ``decay`` over the first updates ((1 + n) / (10 + n)), so
+    that the first weights, drawn at random, do not linger in it.
+    """
+
+    def __init__(self, model: Any, decay: float) -> None:
+        self.decay = decay
+        self.weights = [np.array(w, copy=True) for w in model.get_weights()]
+        self.updates = 0
+
+    def update(self, model: Any) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for average, w in zip(self.weights, model.get_weights(), strict=True):
+            average *= d
+            average += (1.0 - d) * w
+
+    @contextmanager
+    def applied(self, model: Any) -> Iterator[None]:
+        """The model holds the average inside the block, its own weights again after it."""
+        raw = model.get_weights()
+        model.set_weights(self.weights)
+        try:
+            yield
+        finally:
+            model.set_weights(raw)
 
 
 def train(
@@ -75,6 +109,7 @@ def _run_epochs(model: Any, src: Sources, val: tuple[np.ndarray, np.ndarray], au
     best_weights = model.get_weights()
     stale = 0
     rng = np.random.default_rng(loop.seed)
+    average = WeightAverage(model, loop.ema) if loop.ema else None
     with log_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"])
@@ -83,8 +118,10 @@ def _run_epochs(model: Any, src: Sources, val: tuple[np.ndarray, np.ndarray], au
             lr = loop.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / loop.epochs))
             model.optimizer.learning_rate.assign(lr)
             try:
-                loss, acc = _epoch(model, src, aug, loop, rng, epoch, console, teachers)
-                val_loss, val_acc = evaluate_arrays(model, *val)
+                loss, acc = _epoch(model, src, aug, loop, rng, epoch, console, teachers, average)
+                with average.applied(model) if average else nullcontext():
+                    val_loss, val_acc = evaluate_arrays(model, *val)
+                    weights = model.get_weights() if val_acc > best["val_accuracy"] else None
             except KeyboardInterrupt:
                 if not best["epoch"]:
                     raise  # nothing learnt yet: nothing to keep
@@ -97,9 +134,9 @@ def _run_epochs(model: Any, src: Sources, val: tuple[np.ndarray, np.ndarray], au
                              f"{seconds:.1f}"])
             fh.flush()
             mark = ""
-            if val_acc > best["val_accuracy"]:
+            if weights is not None:
                 best = {"val_accuracy": val_acc, "val_loss": val_loss, "epoch": epoch}
-                best_weights = model.get_weights()
+                best_weights = weights
                 stale, mark = 0, " [green]best[/]"
             else:
                 stale += 1
@@ -115,7 +152,8 @@ def _run_epochs(model: Any, src: Sources, val: tuple[np.ndarray, np.ndarray], au
 
 
 def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, rng: np.random.Generator,
-           epoch: int, console: Console, teachers: Teachers | None) -> tuple[float, float]:
+           epoch: int, console: Console, teachers: Teachers | None,
+           average: WeightAverage | None = None) -> tuple[float, float]:
     plan = epoch_plan(src, aug, rng)
     steps = math.ceil(len(plan) / loop.batch)
     losses, correct = [], 0
@@ -130,6 +168,8 @@ def _epoch(model: Any, src: Sources, aug: AugmentSettings, loop: LoopSettings, r
                 x = worst_negatives(model, src, rows, x, aug, loop.worst_of, rng)
             x, target = batch_targets(x, y, model.output_shape[-1], loop, rng, teachers)
             loss = float(np.asarray(model.train_on_batch(x, target)).ravel()[0])
+            if average is not None:
+                average.update(model)
             losses.append(loss)
             if step % 20 == 0:
                 correct += int((np.argmax(model.predict_on_batch(x), axis=1) == y).sum())

@@ -194,17 +194,35 @@ def test_babble_puts_continuous_speech_under_the_words_at_5_to_25_db(babble: flo
 
 
 @pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
-@pytest.mark.parametrize("arch", ["default", "workshop"])
-def test_litert_export_matches_keras(arch: str):
+@pytest.mark.parametrize("arch, warp", [("default", 0.0), ("workshop", 0.0), ("default", 0.1)])
+def test_litert_export_matches_keras(arch: str, warp: float):
     from kwspot.train import models
     from kwspot.train.export import convert, litert_predict
 
-    model = models.build(arch, seed=0)
+    model = models.build(arch, seed=0, warp=warp)
     x = np.random.default_rng(1).normal(0, 0.1, (4, SAMPLE_RATE)).astype(np.float32)
     models.set_normalisation(model, [x])
     keras_probs = np.asarray(model.predict_on_batch(x))
     np.testing.assert_allclose(litert_predict(convert(model, quantise=False), x), keras_probs, atol=1e-4)
     np.testing.assert_allclose(litert_predict(convert(model, quantise=True), x), keras_probs, atol=0.05)
+
+
+@pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
+def test_band_warp_moves_each_windows_spectrum_by_its_own_factor_and_only_while_training():
+    from kwspot.train import models
+
+    layer = models.warp_layer_class()(amount=0.2, seed=0)
+    x = np.zeros((64, models.FRAMES, models.MELS), np.float32)
+    x[:, :, 20] = 1.0  # a formant at band 20 in every window
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    out = np.asarray(layer(x, training=True))
+    peaks = out.mean(axis=1).argmax(axis=1)
+    assert peaks.min() < 20 < peaks.max()  # squeezed in some windows, stretched in others
+    assert np.all(np.abs(peaks - 20) <= 20 * 0.2 + 2)  # by at most the amount (mel bands are wider up high)
+    assert np.allclose(out.sum(axis=2), out.sum(axis=2)[:, :1])  # the same factor for every frame of a window
+    assert len({round(float(v), 4) for v in out.sum(axis=(1, 2))}) > 10  # a factor of its own for each window
+    with pytest.raises(ValueError, match="no log-mel front end"):
+        models.build("workshop", warp=0.1)
 
 
 @pytest.mark.skipif(not HAVE_TF, reason="TensorFlow not installed (pip install 'kwspot[train]')")
@@ -384,7 +402,8 @@ def test_the_weight_average_follows_the_weights_slowly_and_is_worn_only_inside_i
     assert average.weights[0] == pytest.approx([10.0 * (1 - 2 / 11)] * 2)
     for _ in range(200):
         average.update(model)
-    assert average.weights[0] == pytest.approx([10.0, 10.0], abs=1e-3) and average.weights[1][0, 0] == pytest.approx(1.0)
+    assert average.weights[0] == pytest.approx([10.0, 10.0], abs=1e-3)
+    assert average.weights[1][0, 0] == pytest.approx(1.0)
     model.arrays[0] = np.array([20.0, 20.0], np.float32)
     average.update(model)  # now at the full decay: a tenth of the way
     assert average.weights[0] == pytest.approx([11.0, 11.0], abs=1e-3)
@@ -481,6 +500,9 @@ def test_a_width_for_the_workshop_architecture_is_one_line_before_any_work(tmp_p
     assert main([*args, "--arch", "workshop", "--width", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--width" in err and "workshop" in err, err
+    assert main([*args, "--arch", "workshop", "--warp", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--warp: the workshop architecture has no log-mel front end" in err, err
     with pytest.raises(SystemExit) as stop:
         main([*args, "--width", "0.1"])
     assert stop.value.code == 2 and "--width" in capsys.readouterr().err

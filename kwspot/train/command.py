@@ -34,7 +34,7 @@ from kwspot.train.data import (
 from kwspot.train.espeak import ALL_VOICES, VOICES, training_voices
 from kwspot.train.export import stem_file
 from kwspot.train.loop import LoopSettings
-from kwspot.train.models import check_width
+from kwspot.train.models import check_options
 
 log = logging.getLogger("kwspot")
 
@@ -106,6 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "command, as a stream's worst window (default 1: off)")
     parser.add_argument("--no-fragments", action="store_true", help="do not train on keyword halves as _unknown_")
     parser.add_argument("--specaugment", action="store_true", help="mask log-mel bands and frames while training")
+    parser.add_argument("--warp", type=Number(0.0, 0.3), default=0.0, metavar="A",
+                        help="vocal tract length perturbation: each training window's frequencies scaled by a "
+                             "factor drawn from 1-A..1+A (e.g. 0.1; pitch and timing kept)")
     parser.add_argument("--noise-prob", type=Number(0.0, 1.0), default=0.8,
                         help="share of examples mixed with background noise")
     parser.add_argument("--snr-db", type=SNR_RANGE, default=(0.0, 25.0), metavar="LOW,HIGH",
@@ -132,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
 
     _check_out(args.out)  # bad input fails fast, before TensorFlow loads and long before the model is written
     try:
-        check_width(args.arch, args.width)
+        check_options(args.arch, args.width, args.warp)
     except ValueError as exc:
-        raise KwspotError(f"--width: {exc}") from None
+        raise KwspotError(str(exc)) from None
     with _claim(args.out, writable_cache(args.cache)):
         return _train(args)
 
@@ -239,7 +242,7 @@ def _train(args: argparse.Namespace) -> int:
                   f"{len(val_src.speech)} validation")
 
     model = models.build(args.arch, seed=args.seed, specaugment=args.specaugment, n_labels=len(data.labels),
-                         width=args.width)
+                         width=args.width, warp=args.warp)
     rng = np.random.default_rng(args.seed + 1)
     plan = epoch_plan(train_src, aug, rng)[:2048]
     models.set_normalisation(model, [make_batch(train_src, plan[i : i + 256], aug, rng)[0]

@@ -85,29 +85,83 @@ def specmask_layer_class() -> type:
     return SpecMask
 
 
-def build(arch: str, seed: int = 0, specaugment: bool = False, n_labels: int = len(LABELS),
-          width: float = 1.0) -> Any:
-    """A Keras model for ``arch`` with ``n_labels`` outputs; ``specaugment`` masks log-mel bands and frames
-    while training; ``width`` multiplies the channels of the log-mel architectures (capacity, at about
-    ``width`` squared the MACs)."""
+def warp_layer_class() -> type:
     require_tensorflow()
     import keras
 
-    check_width(arch, width)
+    class BandWarp(keras.layers.Layer):
+        """Vocal tract length perturbation while training; identity after.
+
+        Each window's spectrum is read at frequencies scaled by its own factor, drawn from
+        [1 - amount, 1 + amount]: the mel band centred at f takes the value the window has at f / factor
+        (interpolated between bands), as a speaker with a shorter or longer vocal tract would say it.
+        Pitch and timing stay as they were (``--speed`` changes all three together).
+        """
+
+        def __init__(self, amount: float = 0.1, seed: int = 0, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.amount = amount
+            self.seed_generator = keras.random.SeedGenerator(seed + 7)
+            lo, hi = _hz_to_mel(FMIN), _hz_to_mel(FMAX)
+            self._step = (hi - lo) / (MELS + 1)
+            self._mel_lo = lo
+            self._centres = _mel_to_hz(lo + self._step * np.arange(1, MELS + 1)).astype(np.float32)
+
+        def call(self, x: Any, training: bool | None = None) -> Any:
+            if not training or not self.amount:
+                return x
+            ops = keras.ops
+            batch = ops.shape(x)[0]
+            factor = keras.random.uniform((batch, 1), 1.0 - self.amount, 1.0 + self.amount, seed=self.seed_generator)
+            mel = 1127.0 * ops.log(1.0 + (ops.convert_to_tensor(self._centres)[None, :] / factor) / 700.0)
+            pos = ops.clip((mel - self._mel_lo) / self._step - 1.0, 0.0, MELS - 1.0)  # fractional band index
+            low = ops.cast(ops.floor(pos), "int32")
+            high = ops.minimum(low + 1, MELS - 1)
+            weight = (pos - ops.cast(low, pos.dtype))[:, None, :]
+            shape = ops.shape(x)
+            below = ops.take_along_axis(x, ops.broadcast_to(low[:, None, :], shape), axis=-1)
+            above = ops.take_along_axis(x, ops.broadcast_to(high[:, None, :], shape), axis=-1)
+            return below * (1.0 - weight) + above * weight
+
+    return BandWarp
+
+
+def _hz_to_mel(hz: Any) -> Any:
+    return 1127.0 * np.log(1.0 + np.asarray(hz, np.float64) / 700.0)  # the scale tf.signal's mel matrix uses
+
+
+def _mel_to_hz(mel: Any) -> Any:
+    return 700.0 * (np.exp(np.asarray(mel, np.float64) / 1127.0) - 1.0)
+
+
+def build(arch: str, seed: int = 0, specaugment: bool = False, n_labels: int = len(LABELS),
+          width: float = 1.0, warp: float = 0.0) -> Any:
+    """A Keras model for ``arch`` with ``n_labels`` outputs; ``specaugment`` masks log-mel bands and frames
+    while training; ``warp`` scales each training window's frequencies by up to that share either way
+    (:func:`warp_layer_class`); ``width`` multiplies the channels of the log-mel architectures (capacity, at
+    about ``width`` squared the MACs)."""
+    require_tensorflow()
+    import keras
+
+    check_options(arch, width, warp)
     keras.utils.set_random_seed(seed)
     if arch == "workshop":
         return _workshop(keras, n_labels)
     if arch == "default":
-        return _default(keras, n_labels, specaugment, seed, width)
+        return _default(keras, n_labels, specaugment, seed, width, warp)
     if arch == "dstcn":
-        return _dstcn(keras, n_labels, specaugment, seed, width)
+        return _dstcn(keras, n_labels, specaugment, seed, width, warp)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
 
 
-def check_width(arch: str, width: float) -> None:
-    """ValueError unless ``arch`` can be built ``width`` times as wide (the workshop architecture cannot)."""
+def check_options(arch: str, width: float, warp: float = 0.0) -> None:
+    """ValueError, naming the flag, unless ``arch`` can be built ``width`` times as wide and with a band warp
+    (the workshop architecture can do neither)."""
     if arch == "workshop" and width != 1.0:
-        raise ValueError("the workshop architecture has one width (use --arch default or dstcn)")
+        raise ValueError("--width: the workshop architecture has one width (use --arch default or dstcn)")
+    if arch == "workshop" and warp:
+        raise ValueError("--warp: the workshop architecture has no log-mel front end to warp (use --arch default "
+                         "or dstcn)")
 
 
 def _workshop(keras: Any, n_labels: int) -> Any:
@@ -125,11 +179,14 @@ def _workshop(keras: Any, n_labels: int) -> Any:
     return keras.Model(inp, out, name="workshop")
 
 
-def _log_mel_model(keras: Any, name: str, body: Any, n_labels: int, specaugment: bool, seed: int) -> Any:
-    """Raw window -> log-mel (-> SpecAugment while training) -> ``body`` -> pooling, dropout, softmax."""
+def _log_mel_model(keras: Any, name: str, body: Any, n_labels: int, specaugment: bool, seed: int,
+                   warp: float = 0.0) -> Any:
+    """Raw window -> log-mel (-> band warp, SpecAugment while training) -> ``body`` -> pooling, dropout, softmax."""
     layers = keras.layers
     inp = keras.Input((WINDOW_SAMPLES,), name="audio")
     x = logmel_layer_class()(name="logmel")(inp)
+    if warp:
+        x = warp_layer_class()(amount=warp, seed=seed, name="bandwarp")(x)
     if specaugment:
         x = specmask_layer_class()(seed=seed, name="specaugment")(x)
     x = layers.Dropout(0.3)(layers.GlobalAveragePooling1D()(body(layers, x)))
@@ -137,7 +194,8 @@ def _log_mel_model(keras: Any, name: str, body: Any, n_labels: int, specaugment:
     return keras.Model(inp, out, name=name)
 
 
-def _default(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0, width: float = 1.0) -> Any:
+def _default(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0, width: float = 1.0,
+             warp: float = 0.0) -> Any:
     narrow, wide = _channels(96, width), _channels(128, width)
 
     def body(layers: Any, x: Any) -> Any:
@@ -147,10 +205,11 @@ def _default(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0
         x = _residual(layers, x, wide, 1)
         return _residual(layers, x, wide, 2)
 
-    return _log_mel_model(keras, "default", body, n_labels, specaugment, seed)
+    return _log_mel_model(keras, "default", body, n_labels, specaugment, seed, warp)
 
 
-def _dstcn(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0, width: float = 1.0) -> Any:
+def _dstcn(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0, width: float = 1.0,
+           warp: float = 0.0) -> Any:
     """Eight depthwise-separable residual blocks, dilations 1-8 twice: ~1.2 s of context in 8 M MACs."""
     channels = _channels(128, width)
 
@@ -163,7 +222,7 @@ def _dstcn(keras: Any, n_labels: int, specaugment: bool = False, seed: int = 0, 
             x = layers.ReLU()(layers.Add()([x, y]))
         return x
 
-    return _log_mel_model(keras, "dstcn", body, n_labels, specaugment, seed)
+    return _log_mel_model(keras, "dstcn", body, n_labels, specaugment, seed, warp)
 
 
 def _channels(base: int, width: float) -> int:

@@ -43,6 +43,25 @@ def test_espeak_voices_saying_the_commands_are_heard(model: Model, tmp_path: Pat
     assert right >= 0.7 * len(VOICES) * len(model.keywords), f"{right} of {len(VOICES) * len(model.keywords)} heard"
 
 
+def test_a_flite_voice_never_trained_on_saying_the_commands_is_heard(model: Model, tmp_path: Path):
+    """A second synthesiser, made another way than espeak-ng (a recorded speaker), in its held-out voice."""
+    if shutil.which("flite") is None:
+        pytest.skip("flite is not installed (Debian: apt-get install flite)")
+    from kwspot.train.flite import BENCH_VOICES
+
+    right, said = 0, 0
+    for voice in BENCH_VOICES:
+        for word in model.keywords:
+            for stretch, pitch in ((0.9, 110), (1.0, 170), (1.2, 140)):
+                wav = tmp_path / f"{word}.wav"
+                subprocess.run(["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}", "--setf",
+                                f"int_f0_target_mean={pitch}", "-t", word, "-o", str(wav)], check=True)
+                audio = load_audio(wav)
+                right += heard(model, audio / max(float(np.max(np.abs(audio))), 1e-6) * 0.5) == word
+                said += 1
+    assert right >= 0.6 * said, f"{right} of {said} heard"
+
+
 def test_speech_commands_testing_clips_are_heard(model: Model):
     lst = SPEECH_COMMANDS / "testing_list.txt"
     if not lst.is_file():

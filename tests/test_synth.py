@@ -38,6 +38,8 @@ def test_flite_commands_are_one_second_windows_of_speech_labelled_by_what_was_sa
     windows, words = flite.flite_commands(("yes", "go"), per_voice=2, seed=0, voices=("kal", "awb"))
     assert windows.shape == (8, 8000) and windows.dtype == np.int16
     assert words == ["yes"] * 4 + ["go"] * 4
+    _, words = flite.flite_commands(("turn-on",), per_voice=1, seed=0, voices=("kal",))
+    assert words == ["turn-on"]  # the keyword as the model names it, though flite is asked to say "turn on"
     peaks = np.abs(windows.astype(np.int32)).max(axis=1)
     assert np.all(np.abs(peaks - 0.5 * 32767) < 0.02 * 32767), peaks  # every take normalised to half scale
     # four takes of a word differ (random stretch and pitch), and "yes" is longer than "go" on average
@@ -58,14 +60,14 @@ def test_takes_vary_stretch_and_pitch_within_their_ranges_and_repeat_with_the_se
 def test_speak_keeps_what_it_rendered_and_does_not_run_the_synthesiser_again(monkeypatch: pytest.MonkeyPatch,
                                                                             own_cache: Path):
     takes = [Take("left", "kal", 1.0, 120), Take("right", "awb", 1.1, 100)]
-    first = synth.speak("flite", takes, fit=False)
+    first = synth.speak("flite", takes, fit=False, needed_by="test")
     assert len(list(own_cache.glob("flite-*.npz"))) == 1
 
     def no_run(*args, **kwargs):
         raise AssertionError("the synthesiser ran again")
 
     monkeypatch.setattr(synth.subprocess, "run", no_run)
-    again = synth.speak("flite", takes, fit=False)
+    again = synth.speak("flite", takes, fit=False, needed_by="test")
     assert [a.tobytes() for a in again] == [a.tobytes() for a in first]
     assert len(first[0]) != 8000  # fit=False keeps the whole take
 
@@ -82,4 +84,4 @@ def test_a_synthesiser_that_fails_is_one_line_naming_the_voice(tmp_path: Path, m
     fake.chmod(0o755)
     monkeypatch.setattr(synth.shutil, "which", lambda name: str(fake))
     with pytest.raises(KwspotError, match=r"^flite failed on voice 'kal': cannot open voice$"):
-        synth.speak("flite", [Take("up", "kal", 1.0, 100)])
+        synth.speak("flite", [Take("up", "kal", 1.0, 100)], needed_by="test")

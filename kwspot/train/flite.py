@@ -41,4 +41,5 @@ def flite_commands(keywords: Sequence[str], per_voice: int, seed: int = 0,
                    voices: Sequence[str] = VOICES) -> tuple[np.ndarray, list[str]]:
     """The keywords, ``per_voice`` takes each by every voice: int16 windows and their keyword."""
     takes = flite_takes(keywords, voices, per_voice, seed + 1)
-    return np.stack(speak("flite", takes, needed_by=NEEDED_BY)), [t.text for t in takes]
+    labels = [k for k in keywords for _ in voices for _ in range(per_voice)]  # flite_takes' order; "-" kept
+    return np.stack(speak("flite", takes, needed_by=NEEDED_BY)), labels

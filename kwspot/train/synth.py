@@ -50,8 +50,9 @@ def _argv(engine: str, exe: str, take: Take, wav: Path) -> list[str]:
             "--setf", f"int_f0_target_mean={take.pitch:.0f}", "-t", take.text, "-o", str(wav)]
 
 
-def speak(engine: str, takes: Sequence[Take], fit: bool = True, needed_by: str = "this") -> list[np.ndarray]:
-    """Int16 audio of every take (one 1 s window each when ``fit``), cached on disk by the takes themselves."""
+def speak(engine: str, takes: Sequence[Take], *, needed_by: str, fit: bool = True) -> list[np.ndarray]:
+    """Int16 audio of every take (one 1 s window each when ``fit``), cached on disk by the takes themselves;
+    ``needed_by`` names what asked for the synthesiser in the error when it is missing."""
     if engine not in ENGINES:
         raise ValueError(f"unknown speech synthesiser {engine!r}")
     exe = engine_path(engine, needed_by)

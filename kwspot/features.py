@@ -43,14 +43,15 @@ def hann(length: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)).astype(np.float32)
 
 
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """The HTK mel scale, as ``tf.signal`` uses it."""
+    return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+
+
 def mel_matrix(bins: int, mels: int, sample_rate: int, fmin: float, fmax: float) -> np.ndarray:
     """(bins, mels) triangular HTK-mel weights, as ``tf.signal.linear_to_mel_weight_matrix`` builds them."""
-
-    def to_mel(hz: np.ndarray | float) -> np.ndarray:
-        return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
-
-    spectrum = to_mel(np.linspace(0.0, sample_rate / 2.0, bins)[1:])[:, None]  # the DC bin gets no weight
-    edges = np.linspace(to_mel(fmin), to_mel(fmax), mels + 2)
+    spectrum = hz_to_mel(np.linspace(0.0, sample_rate / 2.0, bins)[1:])[:, None]  # the DC bin gets no weight
+    edges = np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), mels + 2)
     lower, center, upper = edges[:-2][None, :], edges[1:-1][None, :], edges[2:][None, :]
     rising = (spectrum - lower) / (center - lower)
     falling = (upper - spectrum) / (upper - center)

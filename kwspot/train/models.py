@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from kwspot import LABELS
-from kwspot.features import LogMelSpec
+from kwspot.features import LogMelSpec, hz_to_mel
 from kwspot.frontend import SAMPLE_RATE, WINDOW_SAMPLES
 from kwspot.train import require_tensorflow
 
@@ -102,7 +102,7 @@ def warp_layer_class() -> type:
             super().__init__(**kwargs)
             self.amount = amount
             self.seed_generator = keras.random.SeedGenerator(seed + 7)
-            lo, hi = _hz_to_mel(FMIN), _hz_to_mel(FMAX)
+            lo, hi = hz_to_mel(FMIN), hz_to_mel(FMAX)
             self._step = (hi - lo) / (MELS + 1)
             self._mel_lo = lo
             self._centres = _mel_to_hz(lo + self._step * np.arange(1, MELS + 1)).astype(np.float32)
@@ -124,10 +124,6 @@ def warp_layer_class() -> type:
             return below * (1.0 - weight) + above * weight
 
     return BandWarp
-
-
-def _hz_to_mel(hz: Any) -> Any:
-    return 1127.0 * np.log(1.0 + np.asarray(hz, np.float64) / 700.0)  # the scale tf.signal's mel matrix uses
 
 
 def _mel_to_hz(mel: Any) -> Any:

@@ -58,12 +58,13 @@ from kwspot.train.data import (
     speech_files,
     to_float,
 )
+from kwspot.train.espeak import espeak_takes
 from kwspot.train.evaluate import clip_report
 from kwspot.train.flite import BENCH_VOICES as FLITE_BENCH_VOICES
 from kwspot.train.flite import flite_takes
 from kwspot.train.scoring import replay, score
 from kwspot.train.streams import Stream, build_stream
-from kwspot.train.synth import Take, speak
+from kwspot.train.synth import speak
 from kwspot.verifier import SignalVerifier, Verifier
 
 SNRS = ("20", "10", "5", "clean")
@@ -141,9 +142,7 @@ def synth_windows(engine: str, texts: list[str], voices: tuple[str, ...], seed: 
     if engine == "flite":
         takes = flite_takes(texts, voices, per_voice, seed)
     else:
-        rng = np.random.default_rng(seed)
-        takes = [Take(t, v, int(rng.integers(120, 190)), int(rng.integers(30, 70)))
-                 for t in texts for v in voices for _ in range(per_voice)]
+        takes = espeak_takes(texts, voices, per_voice, seed, rates=(120, 190), pitches=(30, 70))
     return speak(engine, takes, fit=fit, needed_by="bench/quality.py")
 
 

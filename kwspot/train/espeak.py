@@ -60,11 +60,16 @@ def training_voices(n: int = len(VOICES)) -> tuple[str, ...]:
 def espeak_clips(words: tuple[str, ...] | list[str] | None = None, seed: int = 0,
                  voices: Sequence[str] = VOICES) -> np.ndarray:
     """Int16 one-second windows of ``words`` (default: near misses and common words), several voices each."""
-    words = list(words or (*NEAR_MISSES, *OTHER_WORDS))
-    rng = np.random.default_rng(seed)
-    takes = [Take(w.replace("-", " "), v, int(rng.integers(110, 200)), int(rng.integers(25, 75)))
-             for w in words for v in voices]
+    takes = espeak_takes(list(words or (*NEAR_MISSES, *OTHER_WORDS)), voices, 1, seed)
     return np.stack(speak("espeak-ng", takes, needed_by="--espeak-negatives/--espeak-positives"))
+
+
+def espeak_takes(words: Sequence[str], voices: Sequence[str], takes: int, seed: int,
+                 rates: tuple[int, int] = (110, 200), pitches: tuple[int, int] = (25, 75)) -> list[Take]:
+    """Each word said ``takes`` times by each voice, at random words a minute and pitch (half-open ranges)."""
+    rng = np.random.default_rng(seed)
+    return [Take(w.replace("-", " "), v, int(rng.integers(*rates)), int(rng.integers(*pitches)))
+            for w in words for v in voices for _ in range(takes)]
 
 
 def espeak_commands(keywords: Sequence[str], per_voice: int = 4, seed: int = 0,
